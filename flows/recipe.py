@@ -1,0 +1,140 @@
+"""Recipes: flat YAML read into one dataclass. Every key has help text; unknown keys are errors."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: unknown key, bad value, missing file."""
+
+
+@dataclass
+class Recipe:
+    # what to run
+    name: str = field(default="run", metadata={"help": "Name of the recipe; run ids start with it."})
+    # problems
+    dataset: str = field(default="builtin:addition", metadata={
+        "help": "Where problems come from: a local .jsonl/.json/.parquet/.csv file (relative to the recipe's "
+                "folder or the working directory), a Hugging Face dataset id, or builtin:addition."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset (or key of a JSON file)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Config name of a Hub dataset."})
+    dataset_options: dict = field(default_factory=dict, metadata={
+        "help": "Options of a built-in task, e.g. {count: 40, digits: [1, 2], seed: 0}."})
+    question_field: str = field(default="question", metadata={"help": "Column holding the problem text."})
+    answer_field: str = field(default="answer", metadata={"help": "Column holding the reference answer."})
+    answer_format: str = field(default="auto", metadata={
+        "help": "auto | gsm8k | raw. gsm8k takes the text after '####'; auto does so when it is there."})
+    domain: str = field(default="math", metadata={"help": "Domain label stored on every trace."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
+    # teacher
+    model: str = field(default="smollm2-135m", metadata={
+        "help": "Teacher: an alias (smollm2-135m, the embedded default), a Hugging Face id or a local path."})
+    backend: str = field(default="auto", metadata={"help": "auto | vllm | transformers. auto = vllm if installed."})
+    dtype: str = field(default="bfloat16", metadata={"help": "Weights dtype for the teacher."})
+    max_model_len: int | None = field(default=None, metadata={"help": "vLLM context length (prompt + output)."})
+    gpu_memory_utilization: float | None = field(default=None, metadata={
+        "help": "vLLM memory share; default 0.9 on GPU, 0.4 on CPU."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPUs per engine)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System message of every prompt."})
+    few_shot: list = field(default_factory=list, metadata={
+        "help": "Example turns shown before each problem: a list of {question, answer}."})
+    prompt_template: str = field(default="{question}", metadata={"help": "User message; {question} is replaced."})
+    # sampling (R1 release defaults)
+    n: int = field(default=4, metadata={"help": "Samples per problem."})
+    temperature: float = field(default=0.6, metadata={"help": "Sampling temperature (R1: 0.6)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (R1: 0.95)."})
+    max_tokens: int = field(default=1024, metadata={"help": "Most new tokens per sample; longer ones are truncated."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    stop: list = field(default_factory=list, metadata={"help": "Extra stop strings."})
+    # verification and filters
+    verifier: str = field(default="math", metadata={"help": "Verifier of the answers (math)."})
+    filters: list = field(default_factory=lambda: ["truncation", "rejection"], metadata={
+        "help": "Filters in order: names, or {name: {param: value}}. The first that drops a sample names it."})
+    verify_workers: int = field(default=2, metadata={"help": "Processes for verification of large batches."})
+    # storage
+    warehouse: str = field(default="./distill-data", metadata={"help": "Warehouse root folder."})
+    shard_size: int = field(default=8, metadata={"help": "Problems per shard (one part file, one resume unit)."})
+
+    def __post_init__(self):
+        def bad(key, expected):
+            raise RecipeError(f"recipe key {key!r}: expected {expected}, got {getattr(self, key)!r}")
+
+        for key in ("n", "max_tokens", "shard_size", "tensor_parallel_size", "verify_workers"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "a whole number >= 1")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            bad("limit", "a whole number >= 1")
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            bad("temperature", "a number >= 0")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            bad("top_p", "a number in (0, 1]")
+        if "{question}" not in self.prompt_template:
+            bad("prompt_template", "a string containing {question}")
+        if not isinstance(self.few_shot, list) or any(
+                not isinstance(s, dict) or set(s) != {"question", "answer"} for s in self.few_shot):
+            bad("few_shot", "a list of {question: ..., answer: ...}")
+        if not isinstance(self.dataset_options, dict):
+            bad("dataset_options", "a mapping")
+        if not isinstance(self.filters, list):
+            bad("filters", "a list of filter names or {name: {params}}")
+        for spec in self.filters:
+            if not (isinstance(spec, str) or (isinstance(spec, dict) and len(spec) == 1)):
+                raise RecipeError(f"recipe key 'filters': each entry is a name or {{name: {{params}}}}, got {spec!r}")
+
+    def filter_specs(self) -> list[tuple[str, dict]]:
+        return [(s, {}) if isinstance(s, str) else (next(iter(s)), next(iter(s.values())) or {}) for s in self.filters]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Same resolved recipe, same fingerprint: a rerun lands in the same run and resumes it."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+KEYS = {f.name: f for f in dataclasses.fields(Recipe)}
+
+
+def parse_set(pairs: list[str]) -> dict:
+    """`--set key=value` overrides; the value is read as YAML (numbers, lists, null)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RecipeError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys to values")
+    for source, keys in ((str(path), data), ("--set", overrides or {})):
+        unknown = sorted(set(keys) - set(KEYS))
+        if unknown:
+            raise RecipeError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
+    data.update(overrides or {})
+    data.setdefault("name", path.stem)
+    return Recipe(**data)
+
+
+def reference_markdown() -> str:
+    """The recipe reference, generated from the dataclass so it cannot drift from the code."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Recipe):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(f"| `{f.name}` | `{json.dumps(default)}` | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,0 +1,58 @@
+"""Verifiers: plain functions `(completion, reference) -> Verdict`, registered in one dict.
+
+`correct` is True, False, or None when the sample could not be checked (e.g. a gold answer that
+does not parse): None is never counted as wrong.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+
+
+@dataclass(slots=True, frozen=True)
+class Verdict:
+    correct: bool | None
+    reason: str
+    extracted: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# name -> "module:function"; imported lazily so a verifier's heavy imports cost only its users.
+VERIFIERS = {
+    "math": "verifiers.math:verify",
+}
+
+
+def get_verifier(name: str):
+    if name not in VERIFIERS:
+        raise KeyError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
+    module, func = VERIFIERS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _verify_chunk(name: str, pairs: list[tuple[str, str]]) -> list[Verdict]:
+    fn = get_verifier(name)
+    return [fn(c, r) for c, r in pairs]
+
+
+def verify_batch(name: str, pairs: list[tuple[str, str]], workers: int = 2, chunk: int = 64) -> list[Verdict]:
+    """Verify many (completion, reference) pairs.
+
+    math-verify's timeouts use SIGALRM, which only works in a main thread. In the main thread a
+    small batch is checked inline; anywhere else, or for a large batch, it goes to worker processes
+    (spawned: forking a process that holds torch threads or an engine can hang), where each worker
+    runs in its own main thread with timeouts on. Verification is never skipped.
+    """
+    get_verifier(name)  # unknown names fail here, in the caller
+    if not pairs:
+        return []
+    if threading.current_thread() is threading.main_thread() and len(pairs) <= chunk:
+        return _verify_chunk(name, pairs)
+    chunks = [pairs[i:i + chunk] for i in range(0, len(pairs), chunk)]
+    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=get_context("spawn")) as pool:
+        return [v for part in pool.map(_verify_chunk, [name] * len(chunks), chunks) for v in part]

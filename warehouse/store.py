@@ -1,0 +1,147 @@
+"""Parquet part files plus a DuckDB catalog of views over them.
+
+<root>/traces/run_id=<id>/part-<shard>.parquet   one file per shard, written once
+<root>/runs/<run_id>.json                        what ran: recipe, versions, counts, timings
+<root>/catalog.duckdb                            views only; rebuilt from the files at any time
+
+The files are the truth and the catalog is derived from them, so a lost or stale catalog costs a
+refresh, never data.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.schema import SCHEMA, Trace, to_table
+
+# Queries the catalog answers. `funnel` counts one run's way from problems to kept samples.
+VIEWS = {
+    "traces": "SELECT * FROM read_parquet({parts}, union_by_name = true)",
+    "accepted": "SELECT * FROM traces WHERE kept",
+    "funnel": """
+        SELECT run_id,
+               count(DISTINCT problem_id)                           AS problems,
+               count(*)                                             AS samples,
+               count(*) FILTER (WHERE finish_reason = 'length')     AS truncated,
+               count(*) FILTER (WHERE correct)                      AS correct,
+               count(*) FILTER (WHERE correct IS NULL)              AS unverifiable,
+               count(*) FILTER (WHERE kept)                         AS kept,
+               sum(completion_tokens)                               AS completion_tokens
+        FROM traces GROUP BY run_id""",
+    "runs": "SELECT * FROM read_json({runs}, union_by_name = true, format = 'auto')",
+}
+
+
+class Warehouse:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).absolute()
+        self.catalog_path = self.root / "catalog.duckdb"
+
+    # -- parts -------------------------------------------------------------------------------
+    def part_path(self, run_id: str, shard: int) -> Path:
+        return self.root / "traces" / f"run_id={run_id}" / f"part-{shard:05d}.parquet"
+
+    def part_exists(self, run_id: str, shard: int) -> bool:
+        # The part is renamed into place last, so its presence means the shard finished.
+        return self.part_path(run_id, shard).exists()
+
+    def write_part(self, run_id: str, shard: int, traces: list[Trace]) -> Path:
+        """Write one shard's traces atomically: a temporary name in the same folder, then rename.
+
+        A crash before the rename leaves only a `.tmp-*` file, which no reader globs and the next
+        write of the shard replaces.
+        """
+        path = self.part_path(run_id, shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+        table = to_table(traces)
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def parts(self) -> list[Path]:
+        return sorted((self.root / "traces").glob("run_id=*/part-*.parquet"))
+
+    # -- runs --------------------------------------------------------------------------------
+    def write_run(self, run: dict) -> Path:
+        path = self.root / "runs" / f"{run['run_id']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(run, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+        return path
+
+    def read_run(self, run_id: str) -> dict | None:
+        path = self.root / "runs" / f"{run_id}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    # -- catalog -----------------------------------------------------------------------------
+    @contextmanager
+    def _lock(self):
+        """One catalog writer at a time, across processes on this machine."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".catalog.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _empty_part(self) -> Path:
+        # A zero-row file with the full schema, so `traces` binds (and has every column) before
+        # any run has written a part. It sits outside the run_id= folders and counts no rows.
+        path = self.root / "traces" / "_schema.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp-_schema.{os.getpid()}")
+            pq.write_table(pa.Table.from_pylist([], schema=SCHEMA), tmp)
+            os.replace(tmp, path)
+        return path
+
+    def refresh(self) -> Path:
+        """(Re)create the catalog's views over the files now on disk."""
+        with self._lock():
+            parts = [str(self._empty_part())] + [str(p) for p in self.parts()]
+            runs = sorted(str(p) for p in (self.root / "runs").glob("*.json"))
+            con = duckdb.connect(str(self.catalog_path))
+            try:
+                con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
+                for name in ("accepted", "funnel"):
+                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
+                if runs:
+                    con.execute(f"CREATE OR REPLACE VIEW runs AS {VIEWS['runs'].format(runs=_sql_list(runs))}")
+                else:
+                    con.execute("CREATE OR REPLACE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
+            finally:
+                con.close()
+        return self.catalog_path
+
+    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+        if not self.catalog_path.exists():
+            raise FileNotFoundError(
+                f"no warehouse at {self.root} (no catalog.duckdb): run `distill run RECIPE` first, "
+                "or pass --warehouse"
+            )
+        return duckdb.connect(str(self.catalog_path), read_only=read_only)
+
+    def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        con = self.connect(read_only=True)
+        try:
+            cur = con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return cols, cur.fetchall()
+        finally:
+            con.close()
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
