@@ -34,6 +34,16 @@ def make_filter(name: str, **params) -> "Filter":
 class Filter:
     name = "filter"
 
+    def prepare(self, traces: list[Trace]) -> None:
+        """Called once per batch before scoring; filters that compare traces (dedup) look here.
+
+        One filter object lives for a whole run, so state kept here spans shards.
+        """
+
+    def report(self) -> dict:
+        """What the filter wants recorded in the run's record (e.g. decontaminated problems)."""
+        return {}
+
     def score(self, trace: Trace) -> float | None:
         raise NotImplementedError
 
@@ -59,6 +69,8 @@ class FilterStats:
 
 def apply_filters(traces: list[Trace], filters: list[Filter]) -> FilterStats:
     stats = FilterStats()
+    for f in filters:
+        f.prepare(traces)
     for t in traces:
         t.kept, t.rejected_by = True, None
         for f in filters:

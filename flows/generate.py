@@ -72,7 +72,7 @@ def load_task(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
 
 @task(name="shard", cache_policy=NO_CACHE)
 def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int, problems: list[Problem],
-               wh: Warehouse, timings: dict) -> dict:
+               filters: list, wh: Warehouse, timings: dict) -> dict:
     """Generate, verify, filter and store one shard; returns its counts."""
     prompts = [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
                for p in problems]
@@ -85,7 +85,7 @@ def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int,
     for t, v in zip(traces, verdicts):
         t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.verifier, v.reason, v.extracted
     t2 = time.perf_counter()
-    stats = filters_mod.apply_filters(traces, [filters_mod.make_filter(n, **p) for n, p in recipe.filter_specs()])
+    stats = filters_mod.apply_filters(traces, filters)
     t3 = time.perf_counter()
     wh.write_part(run_id, shard, traces)
     t4 = time.perf_counter()
@@ -138,12 +138,14 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                                        gpu_memory_utilization=recipe.gpu_memory_utilization,
                                        tensor_parallel_size=recipe.tensor_parallel_size)
             timings["model_load"] = time.perf_counter() - t0
+            filters = [filters_mod.make_filter(n, **p) for n, p in recipe.filter_specs()]
             total = sum(len(shards[i]) for i in todo) * recipe.n
             with tqdm(total=total, desc="generate", unit="sample", disable=None, file=sys.stderr) as bar:
                 for i in todo:
-                    counts = shard_task(generator, recipe, run_id, backend, i, shards[i], wh, timings)
+                    counts = shard_task(generator, recipe, run_id, backend, i, shards[i], filters, wh, timings)
                     bar.update(counts["samples"])
                     bar.set_postfix(kept=counts["kept"], refresh=False)
+            run["filters"] = {f.name: f.report() for f in filters if f.report()}
         run["status"] = "finished"
     except BaseException as e:
         run["status"], run["error"] = "failed", f"{type(e).__name__}: {e}"
