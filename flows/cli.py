@@ -19,8 +19,8 @@ from rich.table import Table
 app = typer.Typer(help="distill: distillation data for reasoning models. Sample long chain-of-thought traces "
                        "from a teacher, verify and filter them into a SQL warehouse.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 WAREHOUSE_HELP = "Warehouse root folder (default: the recipe's, else ./distill-data)."
 

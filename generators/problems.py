@@ -73,6 +73,17 @@ BUILTIN_TASKS = {"addition": addition}
 def _read_local(path: Path, split: str | None) -> list[dict]:
     if not path.exists():
         raise ProblemError(f"dataset file not found: {path}")
+    try:
+        return _read_local_rows(path, split)
+    except UnicodeDecodeError as e:
+        raise ProblemError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (ValueError, OSError) as e:  # a corrupt Parquet or JSON file: one line, not a traceback
+        if isinstance(e, ProblemError):
+            raise
+        raise ProblemError(f"{path}: cannot be read: {str(e).splitlines()[0]}") from None
+
+
+def _read_local_rows(path: Path, split: str | None) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
@@ -149,7 +160,9 @@ def load_problems(
         path = Path(dataset)
         if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
             path = base_dir / path
-        if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+        if path.is_dir():  # a dataset folder (data files, or a Hub repo cloned locally): datasets reads it
+            rows, source = _read_hub(str(path), split, config), path.name
+        elif path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
             rows, source = _read_local(path, split), path.stem
         else:
             rows, source = _read_hub(dataset, split, config), dataset
