@@ -136,5 +136,6 @@ def reference_markdown() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Recipe):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{f.name}` | `{json.dumps(default)}` | {f.metadata['help']} |")
+        help_text = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{json.dumps(default)}` | {help_text} |")
     return "\n".join(rows)

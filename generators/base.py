@@ -40,7 +40,7 @@ def build_messages(question: str, system_prompt: str | None = None, few_shot: li
     """System prompt, then the few-shot turns (user question, assistant answer), then the problem."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for shot in few_shot or []:
-        messages.append({"role": "user", "content": template.format(question=shot["question"])})
+        messages.append({"role": "user", "content": template.replace("{question}", shot["question"])})
         messages.append({"role": "assistant", "content": shot["answer"]})
-    messages.append({"role": "user", "content": template.format(question=question)})
+    messages.append({"role": "user", "content": template.replace("{question}", question)})
     return messages

@@ -75,3 +75,9 @@ def test_every_command_has_help():
     for cmd in ([], ["run"], ["sql"]):
         proc = run_cli(*cmd, "--help", timeout=60)
         assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_readme_recipe_reference_is_current():
+    text = (ROOT / "README.md").read_text()
+    start, end = "<!-- recipe-reference:start -->\n", "\n<!-- recipe-reference:end -->"
+    assert text[text.index(start) + len(start):text.index(end)] == reference_markdown()
