@@ -131,6 +131,57 @@ def sql(
     err.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
 
 
+def read_stdin(what: str) -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        fail(f"{what} on stdin is not UTF-8 (byte {e.start}: {e.reason})")
+
+
+@app.command()
+def verify(
+    verifier: str = typer.Option("math", "--verifier", help="Verifier name: math, code, countdown, format."),
+    reference: str = typer.Option("", "--reference", help="The reference answer (for code: JSON with tests)."),
+):
+    """Check one completion (read from stdin) by hand; prints the verdict as JSON."""
+    import json
+
+    from verifiers import get_verifier
+
+    try:
+        fn = get_verifier(verifier)
+    except KeyError as e:
+        fail(str(e).strip("'\""))
+    print(json.dumps(fn(read_stdin("the completion"), reference or None).as_dict(), ensure_ascii=False))
+
+
+@app.command()
+def score(
+    filter_name: str = typer.Argument(..., metavar="FILTER", help="Filter name, e.g. language, repetition."),
+    set_: list[str] = typer.Option([], "--set", help="Override a filter parameter: --set target=zh (repeatable)."),
+):
+    """Score one reasoning text (read from stdin) with a filter and its default thresholds."""
+    import json
+
+    import filters
+    from flows.recipe import RecipeError, parse_set
+    from warehouse.schema import Trace
+
+    try:
+        f = filters.make_filter(filter_name, **parse_set(set_))
+    except (KeyError, ValueError, RecipeError) as e:
+        fail(str(e).strip("'\""))
+    text = read_stdin("the reasoning")
+    trace = Trace(trace_id="-", run_id="-", problem_id="-", sample_index=0, source="stdin", domain="math",
+                  prompt=[], reference=None, teacher="-", backend="-", sampling="{}", completion=text,
+                  reasoning=text, answer="", finish_reason=None)
+    f.prepare([trace])
+    value = f.score(trace)
+    kept, reason = f.decide(value)
+    print(json.dumps({"score": value, "kept": kept, "reason": reason}))
+
+
 def main() -> None:
     app()
 

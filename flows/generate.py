@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 import filters as filters_mod
+from filters.selection import select_per_problem
 from flows.recipe import Recipe
 from generators import make_generator, pick_backend
 from generators.base import SamplingConfig, build_messages
@@ -85,13 +86,14 @@ def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int,
     for t, v in zip(traces, verdicts):
         t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.verifier, v.reason, v.extracted
     t2 = time.perf_counter()
-    stats = filters_mod.apply_filters(traces, filters)
+    filters_mod.apply_filters(traces, filters)
+    select_per_problem(traces, recipe.keep_per_problem, recipe.prefer, recipe.pass_rate_min, recipe.pass_rate_max)
     t3 = time.perf_counter()
     wh.write_part(run_id, shard, traces)
     t4 = time.perf_counter()
     for key, dt in (("generate", t1 - t0), ("verify", t2 - t1), ("filter", t3 - t2), ("write", t4 - t3)):
         timings[key] = timings.get(key, 0.0) + dt
-    return {"samples": stats.total, "kept": stats.kept,
+    return {"samples": len(traces), "kept": sum(1 for t in traces if t.kept),
             "completion_tokens": sum(t.completion_tokens or 0 for t in traces)}
 
 

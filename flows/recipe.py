@@ -56,6 +56,14 @@ class Recipe:
     verifier: str = field(default="math", metadata={"help": "Verifier of the answers (math)."})
     filters: list = field(default_factory=lambda: ["truncation", "rejection"], metadata={
         "help": "Filters in order: names, or {name: {param: value}}. The first that drops a sample names it."})
+    keep_per_problem: int | None = field(default=None, metadata={
+        "help": "Rejection sampling: keep at most this many accepted samples per problem (null = all)."})
+    prefer: str = field(default="first", metadata={
+        "help": "Which accepted samples fill keep_per_problem: first | shortest | diverse."})
+    pass_rate_min: float | None = field(default=None, metadata={
+        "help": "Drop problems whose pass rate (correct / samples) is below this (too hard)."})
+    pass_rate_max: float | None = field(default=None, metadata={
+        "help": "Drop problems whose pass rate is above this (too easy)."})
     verify_workers: int = field(default=2, metadata={"help": "Processes for verification of large batches."})
     # storage
     warehouse: str = field(default="./distill-data", metadata={"help": "Warehouse root folder."})
@@ -79,6 +87,14 @@ class Recipe:
         if not isinstance(self.few_shot, list) or any(
                 not isinstance(s, dict) or set(s) != {"question", "answer"} for s in self.few_shot):
             bad("few_shot", "a list of {question: ..., answer: ...}")
+        if self.keep_per_problem is not None and (not isinstance(self.keep_per_problem, int) or self.keep_per_problem < 1):
+            bad("keep_per_problem", "a whole number >= 1 or null")
+        if self.prefer not in ("first", "shortest", "diverse"):
+            bad("prefer", "first, shortest or diverse")
+        for key in ("pass_rate_min", "pass_rate_max"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, (int, float)) or not 0 <= v <= 1):
+                bad(key, "a number in [0, 1] or null")
         if not isinstance(self.dataset_options, dict):
             bad("dataset_options", "a mapping")
         if not isinstance(self.filters, list):

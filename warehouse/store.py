@@ -35,6 +35,12 @@ VIEWS = {
                count(*) FILTER (WHERE kept)                         AS kept,
                sum(completion_tokens)                               AS completion_tokens
         FROM traces GROUP BY run_id""",
+    "pass_rates": """
+        SELECT run_id, problem_id, any_value(source) AS source,
+               count(*) AS samples, count(*) FILTER (WHERE correct) AS correct,
+               count(*) FILTER (WHERE correct) / count(*) AS pass_rate,
+               count(*) FILTER (WHERE kept) AS kept
+        FROM traces WHERE kind = 'sample' GROUP BY run_id, problem_id""",
     "runs": "SELECT * FROM read_json({runs}, union_by_name = true, format = 'auto')",
 }
 
@@ -115,7 +121,7 @@ class Warehouse:
             con = duckdb.connect(str(self.catalog_path))
             try:
                 con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
-                for name in ("accepted", "funnel"):
+                for name in ("accepted", "funnel", "pass_rates"):
                     con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
                 if runs:
                     con.execute(f"CREATE OR REPLACE VIEW runs AS {VIEWS['runs'].format(runs=_sql_list(runs))}")
