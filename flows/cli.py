@@ -1,6 +1,7 @@
 """The `distill` command line."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -19,7 +20,8 @@ from rich.table import Table
 app = typer.Typer(help="distill: distillation data for reasoning models. Sample long chain-of-thought traces "
                        "from a teacher, verify and filter them into a SQL warehouse.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console(soft_wrap=True)
+# Not on a terminal (a pipe, a file, CI), rich would cut tables at 80 columns: give them room.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 WAREHOUSE_HELP = "Warehouse root folder (default: the recipe's, else ./distill-data)."
@@ -106,29 +108,117 @@ def print_funnel(root: str, run_id: str, run: dict) -> None:
               + ("" if Path(root) == Path("./distill-data") else f" --warehouse {root}"), highlight=False)
 
 
+FORMATS = ("table", "csv", "json", "parquet")
+
+
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over the views traces, accepted, funnel, runs."),
+    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, runs."),
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table (default) | csv | json | parquet "
+                                      "(default: from --out's suffix)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file instead of stdout."),
 ):
-    """Query the warehouse with SQL (DuckDB dialect) and print the result as a table."""
+    """Query the warehouse with SQL (DuckDB dialect, read-only) and print or save the result."""
+    import csv
+    import json
+
     import duckdb
 
-    from warehouse.store import Warehouse
+    from warehouse.store import ReadOnlyError, Warehouse, check_read_only
 
+    fmt = fmt or (out_path.suffix.lstrip(".").lower() if out_path else "table")
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "parquet" and out_path is None:
+        fail("--format parquet needs --out FILE")
+    wh = Warehouse(warehouse)
+    wh.refresh_if_writable()
     try:
-        cols, rows = Warehouse(warehouse).query(query)
-    except FileNotFoundError as e:
+        if out_path is not None and fmt in ("parquet", "csv", "json"):
+            con = wh.connect(read_only=True)
+            try:
+                check_read_only(con, query)
+                # COPY writes the file from inside DuckDB: no detour through Python objects
+                options = {"parquet": "FORMAT parquet", "csv": "FORMAT csv, HEADER",
+                           "json": "FORMAT json, ARRAY true"}[fmt]
+                target = str(out_path).replace("'", "''")
+                con.execute(f"COPY ({query.rstrip().rstrip(';')}) TO '{target}' ({options})")
+                count = con.execute(f"SELECT count(*) FROM ({query.rstrip().rstrip(';')})").fetchone()[0]
+            finally:
+                con.close()
+            err.print(f"{count} row{'s' if count != 1 else ''} → {out_path}")
+            return
+        cols, rows = wh.query(query)
+    except (FileNotFoundError, ReadOnlyError) as e:
         fail(str(e))
     except duckdb.Error as e:
         fail(str(e).splitlines()[0])
+    if fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif fmt == "json":
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, ensure_ascii=False, indent=1))
+    else:
+        table = Table(show_header=True)
+        for c in cols:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*["NULL" if v is None else str(v) for v in r])
+        out.print(table)
+        err.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+@app.command()
+def runs(warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder.")):
+    """List the runs in the warehouse: status, counts, tokens, wall time."""
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(warehouse)
+    wh.refresh_if_writable()
+    try:
+        cols, rows = wh.query(
+            "SELECT r.run_id, r.status, r.started_at, r.teacher, f.problems, f.samples, f.correct, f.kept, "
+            "f.completion_tokens AS tokens, round(r.timings.wall, 1) AS wall_s "
+            "FROM runs r LEFT JOIN funnel f USING (run_id) ORDER BY r.started_at")
+    except FileNotFoundError as e:
+        fail(str(e))
     table = Table(show_header=True)
     for c in cols:
         table.add_column(c)
     for r in rows:
-        table.add_row(*["NULL" if v is None else str(v) for v in r])
+        table.add_row(*["" if v is None else str(v) for v in r])
     out.print(table)
-    err.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+@app.command()
+def show(
+    run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+):
+    """What one run did: recipe, command, versions, git revision, timings, tokens and the funnel."""
+    import yaml
+
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(warehouse)
+    run = wh.read_run(run_id)
+    if run is None:
+        known = sorted(p.stem for p in (wh.root / "runs").glob("*.json"))
+        fail(f"no run {run_id!r} in {wh.root} (runs: {', '.join(known) or 'none'})")
+    out.print(f"[bold]{run_id}[/]  {run['status']}  {run['started_at']} → {run.get('finished_at')}", highlight=False)
+    for key in ("command", "backend", "teacher", "git_sha", "error"):
+        if run.get(key):
+            out.print(f"{key}: {run[key]}", highlight=False)
+    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run.get("versions", {}).items())), highlight=False)
+    out.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(run.get("timings", {}).items())),
+              highlight=False)
+    if run.get("filters"):
+        out.print("filter reports: " + json.dumps(run["filters"], default=str), highlight=False)
+    out.print("recipe:", highlight=False)
+    out.print(yaml.safe_dump(run["recipe"], sort_keys=False).rstrip(), highlight=False, markup=False)
+    print_funnel(str(warehouse), run_id, run)
 
 
 def read_stdin(what: str) -> str:

@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 from tests.conftest import ROOT
-from warehouse.store import Warehouse
+from warehouse.store import ReadOnlyError, Warehouse
 
 
 def traces_for(make_trace, run_id, n, kept_every=2):
@@ -50,7 +50,7 @@ def test_crash_before_rename_leaves_no_part(tmp_path):
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from warehouse.schema import Trace
-        from warehouse.store import Warehouse
+        from warehouse.store import ReadOnlyError, Warehouse
         t = Trace(trace_id="t", run_id="r", problem_id="p", sample_index=0, source="s", domain="math",
                   prompt=[], reference="1", teacher="m", backend="b", sampling="{{}}", completion="c",
                   reasoning="", answer="c", finish_reason="stop")
@@ -70,9 +70,22 @@ def test_catalog_is_opened_read_only_for_queries(tmp_path, make_trace):
     wh = Warehouse(tmp_path)
     wh.write_part("r", 0, traces_for(make_trace, "r", 2))
     wh.refresh()
+    for stmt in ("create table x as select 1", "delete from traces", "drop view traces",
+                 "attach 'other.db'", "select 1; delete from traces"):
+        with pytest.raises(ReadOnlyError, match="read-only here: .* statements are not allowed"):
+            wh.query(stmt)
+    # and underneath the check, the connection itself cannot write
     with pytest.raises(duckdb.Error):
-        wh.query("create table x as select 1")
+        wh.connect(read_only=True).execute("create table x as select 1")
     assert wh.query("select count(*) from traces")[1] == [(2,)]
+
+
+def test_parts_written_after_a_refresh_are_in_the_view(tmp_path, make_trace):
+    wh = Warehouse(tmp_path)
+    wh.write_part("r", 0, traces_for(make_trace, "r", 2))
+    wh.refresh()
+    wh.write_part("r", 1, traces_for(make_trace, "s", 2))
+    assert wh.query("select count(*) from traces")[1] == [(4,)]
 
 
 def test_query_without_a_warehouse_says_how_to_make_one(tmp_path):

@@ -25,6 +25,9 @@ class Verdict:
 # name -> "module:function"; imported lazily so a verifier's heavy imports cost only its users.
 VERIFIERS = {
     "math": "verifiers.math:verify",
+    "code": "verifiers.code:verify",
+    "countdown": "verifiers.countdown:verify",
+    "format": "verifiers.format:verify",
 }
 
 
@@ -38,6 +41,17 @@ def get_verifier(name: str):
 def _verify_chunk(name: str, pairs: list[tuple[str, str]]) -> list[Verdict]:
     fn = get_verifier(name)
     return [fn(c, r) for c, r in pairs]
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per size for the life of the process: a run verifies many shards, and starting
+    spawned workers (each importing sympy) costs about a second."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    return _POOLS[workers]
 
 
 def verify_batch(name: str, pairs: list[tuple[str, str]], workers: int = 2, chunk: int = 64) -> list[Verdict]:
@@ -54,5 +68,5 @@ def verify_batch(name: str, pairs: list[tuple[str, str]], workers: int = 2, chun
     if threading.current_thread() is threading.main_thread() and len(pairs) <= chunk:
         return _verify_chunk(name, pairs)
     chunks = [pairs[i:i + chunk] for i in range(0, len(pairs), chunk)]
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=get_context("spawn")) as pool:
-        return [v for part in pool.map(_verify_chunk, [name] * len(chunks), chunks) for v in part]
+    pool = _pool(max(1, workers))
+    return [v for part in pool.map(_verify_chunk, [name] * len(chunks), chunks) for v in part]

@@ -116,8 +116,12 @@ class Warehouse:
     def refresh(self) -> Path:
         """(Re)create the catalog's views over the files now on disk."""
         with self._lock():
-            parts = [str(self._empty_part())] + [str(p) for p in self.parts()]
-            runs = sorted(str(p) for p in (self.root / "runs").glob("*.json"))
+            # Globs, not file lists: parts written after this refresh (by this or another process)
+            # are in the view at once. `.tmp-*` files never match `part-*`.
+            parts = [str(self._empty_part())]
+            if self.parts():  # DuckDB refuses a glob that matches nothing
+                parts.append(str(self.root / "traces" / "run_id=*" / "part-*.parquet"))
+            runs = [str(self.root / "runs" / "*.json")] if any((self.root / "runs").glob("*.json")) else []
             con = duckdb.connect(str(self.catalog_path))
             try:
                 con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
@@ -131,6 +135,14 @@ class Warehouse:
                 con.close()
         return self.catalog_path
 
+    def refresh_if_writable(self) -> None:
+        """Bring the views up to date (new view definitions, a moved root) when we may write here."""
+        if self.catalog_path.exists() and os.access(self.root, os.W_OK):
+            try:
+                self.refresh()
+            except duckdb.IOException:
+                pass  # another process holds the catalog: its views are as current as ours
+
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         if not self.catalog_path.exists():
             raise FileNotFoundError(
@@ -142,11 +154,29 @@ class Warehouse:
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         con = self.connect(read_only=True)
         try:
+            check_read_only(con, sql)
             cur = con.execute(sql, params or [])
             cols = [d[0] for d in cur.description] if cur.description else []
             return cols, cur.fetchall()
         finally:
             con.close()
+
+
+class ReadOnlyError(ValueError):
+    """A statement that would change something, given to a read-only query."""
+
+
+# Queries only. The catalog is opened read-only as well; this check gives the clear message
+# (DuckDB's own would be "Can only delete from base table") and also stops ATTACH/INSTALL/COPY.
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    for stmt in con.extract_statements(sql):
+        kind = stmt.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ReadOnlyError(f"the warehouse is read-only here: {kind} statements are not allowed "
+                                "(only SELECT queries; use --out to save a result)")
 
 
 def _sql_list(paths: list[str]) -> str:
