@@ -155,3 +155,17 @@ def reference_markdown() -> str:
         help_text = f.metadata["help"].replace("|", "\\|")
         rows.append(f"| `{f.name}` | `{json.dumps(default)}` | {help_text} |")
     return "\n".join(rows)
+
+
+def write_readme_reference(readme: Path) -> bool:
+    """Rewrite README's recipe reference between its markers; True if it changed."""
+    start, end = "<!-- recipe-reference:start -->\n", "\n<!-- recipe-reference:end -->"
+    text = readme.read_text()
+    new = text[:text.index(start) + len(start)] + reference_markdown() + text[text.index(end):]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m flows.recipe: refresh README.md's recipe reference
+    print("README.md updated" if write_readme_reference(Path("README.md")) else "README.md already current")
