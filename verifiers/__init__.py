@@ -6,6 +6,7 @@ does not parse): None is never counted as wrong.
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,6 +21,24 @@ class Verdict:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every complete top-level `\\boxed{}`/`\\fbox{}`, braces balanced."""
+    found, pos = [], 0
+    while m := _BOX_OPEN.search(text, pos):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth:  # cut off mid-box (truncated output): not an answer
+            break
+        found.append((m.start(), i, text[m.end():i - 1].strip()))
+        pos = i  # a box nested in this one is part of its content, not a second answer
+    return found
 
 
 # name -> "module:function"; imported lazily so a verifier's heavy imports cost only its users.
