@@ -221,6 +221,44 @@ def show(
     print_funnel(str(warehouse), run_id, run)
 
 
+@app.command()
+def export(
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the dataset to (data/*.parquet + README.md)."),
+    runs_: Optional[str] = typer.Option(None, "--runs", help="Comma-separated run ids (default: all runs)."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate on traces, e.g. \"completion_tokens < 500\"."),
+    variant: str = typer.Option("shortcut", "--variant", help="shortcut (correct paths only) | journey "
+                                "(wrong path, reflection, then the correct path)."),
+    test_size: float = typer.Option(0.0, "--test-size", help="Share of problems in a test split (0 = train only)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
+    max_wrong: int = typer.Option(1, "--max-wrong", help="journey: most wrong paths before the correct one."),
+    hub: Optional[str] = typer.Option(None, "--hub", help="Also push to this Hugging Face dataset repo (org/name)."),
+    private: bool = typer.Option(False, "--private", help="With --hub: create the repo private."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a distill export."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+):
+    """Export kept traces as a Hugging Face dataset ({"messages": [...]}) with a dataset card; optionally push it."""
+    from warehouse.export import ExportError, export as do_export, push_to_hub
+    from warehouse.store import ReadOnlyError, Warehouse
+
+    wh = Warehouse(warehouse)
+    wh.refresh_if_writable()
+    command = shlex.join(["distill", *sys.argv[1:]])
+    try:
+        result = do_export(warehouse, out_dir, runs=[r.strip() for r in runs_.split(",") if r.strip()] if runs_ else None,
+                           where=where, variant=variant, test_size=test_size, seed=seed, max_wrong=max_wrong,
+                           command=command, overwrite=overwrite)
+    except (ExportError, ReadOnlyError, FileNotFoundError) as e:
+        fail(str(e))
+    out.print(f"exported {', '.join(f'{k}: {v} rows' for k, v in result.splits.items())} → {result.out} "
+              f"(card: {result.out / 'README.md'})", highlight=False)
+    if hub:
+        try:
+            url = push_to_hub(result.out, hub, private=private)
+        except Exception as e:  # huggingface_hub raises many types; its messages never carry the token
+            fail(f"push to {hub} failed: {str(e).splitlines()[0]}")
+        out.print(f"pushed → {url}", highlight=False)
+
+
 def read_stdin(what: str) -> str:
     data = sys.stdin.buffer.read()
     try:
