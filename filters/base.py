@@ -72,13 +72,13 @@ def apply_filters(traces: list[Trace], filters: list[Filter]) -> FilterStats:
     for f in filters:
         f.prepare(traces)
     for t in traces:
-        t.kept, t.rejected_by = True, None
+        t.kept, t.rejected_by, t.rejected_stage = True, None, None
         for f in filters:
             s = f.score(t)
             t.scores[f.name] = s
             ok, reason = f.decide(s)
             if not ok and t.kept:
-                t.kept, t.rejected_by = False, reason
+                t.kept, t.rejected_by, t.rejected_stage = False, reason, f.name
         stats.total += 1
         if t.kept:
             stats.kept += 1

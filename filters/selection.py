@@ -59,6 +59,6 @@ def select_per_problem(traces: list[Trace], keep_per_problem: int | None = None,
             reason = "pass_rate" if out_of_range else \
                 "over_quota" if keep_per_problem is not None and rank >= keep_per_problem else None
             if reason:
-                t.kept, t.rejected_by = False, reason
+                t.kept, t.rejected_by, t.rejected_stage = False, reason, "selection"
                 dropped[reason] += 1
     return dropped

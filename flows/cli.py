@@ -98,6 +98,16 @@ def print_funnel(root: str, run_id: str, run: dict) -> None:
     for reason, count in reasons:
         table.add_row(f"  rejected: {reason}", str(count))
     out.print(table)
+    _, steps = wh.query('SELECT stage, "in", dropped, kept, dropped_by_reason FROM filter_funnel '
+                        'WHERE run_id = ? ORDER BY step', [run_id])
+    if steps:
+        by_step = Table(title="by step", show_header=True)
+        for c in ("step", "in", "dropped", "kept", "reasons"):
+            by_step.add_column(c, justify="left" if c in ("step", "reasons") else "right")
+        for stage, n_in, dropped, kept, reasons in steps:
+            by_step.add_row(stage, str(n_in), str(dropped), str(kept),
+                            ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+        out.print(by_step)
     timings = run.get("timings", {})
     tokens = f.get("completion_tokens") or 0
     gen = timings.get("generate", 0.0)

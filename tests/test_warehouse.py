@@ -91,3 +91,44 @@ def test_parts_written_after_a_refresh_are_in_the_view(tmp_path, make_trace):
 def test_query_without_a_warehouse_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="no warehouse at .*distill run RECIPE"):
         Warehouse(tmp_path / "none").query("select 1")
+
+
+def test_filter_funnel_counts_in_dropped_kept_per_step(tmp_path, make_trace):
+    from filters import apply_filters, make_filter
+    from filters.selection import select_per_problem
+
+    ts = [make_trace(trace_id=str(i), run_id="r", sample_index=i, finish_reason=f, correct=c)
+          for i, (f, c) in enumerate([("stop", True), ("length", True), ("stop", False), ("stop", None), ("stop", True)])]
+    apply_filters(ts, [make_filter("truncation"), make_filter("rejection")])
+    select_per_problem(ts, keep_per_problem=1)
+    wh = Warehouse(tmp_path)
+    wh.write_part("r", 0, ts)
+    wh.refresh()
+    _, rows = wh.query('select step, stage, "in", dropped, kept, dropped_by_reason from filter_funnel order by step')
+    assert rows == [(1, "truncation", 5, 1, 4, {"truncated": 1}),
+                    (2, "rejection", 4, 2, 2, {"unverifiable": 1, "wrong_answer": 1}),
+                    (3, "selection", 2, 1, 1, {"over_quota": 1})]
+
+
+def test_problems_view_has_one_row_per_problem(tmp_path, make_trace):
+    wh = Warehouse(tmp_path)
+    wh.write_part("r", 0, traces_for(make_trace, "r", 4))
+    wh.refresh()
+    assert wh.query("select problem_id, question, samples from problems order by 1")[1] == \
+        [("p0", "What is 1 + 1?", 2), ("p1", "What is 1 + 1?", 2)]
+
+
+def test_parts_from_an_older_schema_stay_readable(tmp_path, make_trace):
+    # A part written before a column existed (here: without rejected_stage) reads as NULL there.
+    import pyarrow.parquet as pq
+
+    from warehouse.schema import to_table
+
+    wh = Warehouse(tmp_path)
+    old = to_table(traces_for(make_trace, "old", 2)).drop_columns(["rejected_stage"])
+    wh.part_path("old", 0).parent.mkdir(parents=True)
+    pq.write_table(old, wh.part_path("old", 0))
+    wh.write_part("new", 0, traces_for(make_trace, "new", 2))
+    wh.refresh()
+    assert wh.query("select run_id, count(*), count(rejected_stage), min(schema_version) from traces "
+                    "group by 1 order by 1")[1] == [("new", 2, 0, 1), ("old", 2, 0, 1)]

@@ -52,7 +52,8 @@ SCHEMA = pa.schema(
         # filters: scores apart from decisions
         ("scores", pa.map_(pa.string(), pa.float64())),
         ("kept", pa.bool_()),
-        ("rejected_by", pa.string()),
+        ("rejected_by", pa.string()),  # the reason, e.g. wrong_answer
+        ("rejected_stage", pa.string()),  # the filter (or `selection`) that gave it
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("schema_version", pa.int16()),
     ]
@@ -88,6 +89,7 @@ class Trace:
     scores: dict[str, float | None] = field(default_factory=dict)
     kept: bool | None = None
     rejected_by: str | None = None
+    rejected_stage: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     schema_version: int = SCHEMA_VERSION
 

@@ -41,6 +41,31 @@ VIEWS = {
                count(*) FILTER (WHERE correct) / count(*) AS pass_rate,
                count(*) FILTER (WHERE kept) AS kept
         FROM traces WHERE kind = 'sample' GROUP BY run_id, problem_id""",
+    "problems": """
+        SELECT problem_id, any_value(source) AS source, any_value(domain) AS domain,
+               any_value(prompt[len(prompt)].content) AS question, any_value(reference) AS reference,
+               count(DISTINCT run_id) AS runs, count(*) AS samples
+        FROM traces WHERE kind = 'sample' GROUP BY problem_id""",
+    # Per run and per step: samples in, dropped (by reason), kept. Step order is the order the
+    # filters scored in, which the scores map keeps; per-problem selection comes last.
+    "filter_funnel": """
+        WITH s AS (SELECT * FROM traces WHERE kind = 'sample'),
+        stages AS (
+            SELECT run_id, stage, min(pos) AS pos FROM (
+                SELECT run_id, unnest(map_keys(scores)) AS stage,
+                       unnest(range(1, len(map_keys(scores)) + 1)) AS pos FROM s)
+            WHERE stage NOT IN ('pass_rate', 'rank') GROUP BY ALL
+            UNION ALL SELECT DISTINCT run_id, 'selection', 1000000 FROM s WHERE scores['pass_rate'] IS NOT NULL),
+        drops AS (SELECT run_id, rejected_stage AS stage, count(*) AS dropped, histogram(rejected_by) AS by_reason
+                  FROM s WHERE NOT kept GROUP BY ALL),
+        totals AS (SELECT run_id, count(*) AS samples FROM s GROUP BY ALL)
+        SELECT st.run_id, row_number() OVER (PARTITION BY st.run_id ORDER BY st.pos) AS step, st.stage,
+               t.samples - coalesce(sum(coalesce(d.dropped, 0)) OVER w, 0) AS "in",
+               coalesce(d.dropped, 0) AS dropped,
+               t.samples - coalesce(sum(coalesce(d.dropped, 0)) OVER w, 0) - coalesce(d.dropped, 0) AS kept,
+               coalesce(d.by_reason, MAP {}) AS dropped_by_reason
+        FROM stages st JOIN totals t USING (run_id) LEFT JOIN drops d USING (run_id, stage)
+        WINDOW w AS (PARTITION BY st.run_id ORDER BY st.pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)""",
     "runs": "SELECT * FROM read_json({runs}, union_by_name = true, format = 'auto')",
 }
 
@@ -125,7 +150,7 @@ class Warehouse:
             con = duckdb.connect(str(self.catalog_path))
             try:
                 con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
-                for name in ("accepted", "funnel", "pass_rates"):
+                for name in ("accepted", "funnel", "pass_rates", "problems", "filter_funnel"):
                     con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
                 if runs:
                     con.execute(f"CREATE OR REPLACE VIEW runs AS {VIEWS['runs'].format(runs=_sql_list(runs))}")
