@@ -57,12 +57,12 @@ def run(
         rcp = load_recipe(recipe, overrides)
         check_model_name(rcp.model)
         pick_backend(rcp.backend)
-        import filters
         from verifiers import get_verifier
 
         get_verifier(rcp.verifier)
-        [filters.make_filter(n, **p) for n, p in rcp.filter_specs()]
-        from flows.generate import problems_for, run_id_for
+        from flows.generate import build_filters, problems_for, run_id_for
+
+        build_filters(rcp, recipe.parent)
 
         problems = problems_for(rcp, recipe.parent)
     except (RecipeError, ProblemError, BackendError, KeyError, ValueError) as e:

@@ -38,6 +38,22 @@ def problems_for(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
     )
 
 
+def build_filters(recipe: Recipe, base_dir: Path | None) -> list:
+    """The recipe's filters, with file parameters (decontam's `against`) found relative to the
+    recipe's folder first, like `dataset:`."""
+    def resolve(path: str) -> str:
+        return str(base_dir / path) if base_dir and not Path(path).is_absolute() and (base_dir / path).exists() else path
+
+    out = []
+    for name, params in recipe.filter_specs():
+        params = dict(params)
+        if isinstance(params.get("against"), list):
+            params["against"] = [{**a, "path": resolve(a["path"])} if isinstance(a, dict) and "path" in a
+                                 else resolve(a) if isinstance(a, str) else a for a in params["against"]]
+        out.append(filters_mod.make_filter(name, **params))
+    return out
+
+
 def sampling_for(recipe: Recipe) -> SamplingConfig:
     return SamplingConfig(n=recipe.n, temperature=recipe.temperature, top_p=recipe.top_p,
                           max_tokens=recipe.max_tokens, seed=recipe.seed, stop=list(recipe.stop))
@@ -140,7 +156,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                                        gpu_memory_utilization=recipe.gpu_memory_utilization,
                                        tensor_parallel_size=recipe.tensor_parallel_size)
             timings["model_load"] = time.perf_counter() - t0
-            filters = [filters_mod.make_filter(n, **p) for n, p in recipe.filter_specs()]
+            filters = build_filters(recipe, base_dir)
             total = sum(len(shards[i]) for i in todo) * recipe.n
             with tqdm(total=total, desc="generate", unit="sample", disable=None, file=sys.stderr) as bar:
                 for i in todo:

@@ -11,10 +11,13 @@ def check_warehouse(wh: Warehouse, problems: int, n: int) -> str:
     cols, rows = wh.query("select problems, samples, correct, kept from funnel where run_id = ?", [run_id])
     problems_seen, samples, correct, kept = rows[0]
     assert (problems_seen, samples) == (problems, problems * n)
-    # kept = verified correct and not truncated; every rejection has a reason
-    assert wh.query("select count(*) from traces where kept <> (coalesce(correct, false) "
+    # kept only if verified correct and complete; every rejection has a reason and the step that gave it
+    assert wh.query("select count(*) from traces where kept and not (coalesce(correct, false) "
                     "and finish_reason <> 'length')")[1] == [(0,)]
-    assert wh.query("select count(*) from traces where not kept and rejected_by is null")[1] == [(0,)]
+    assert wh.query("select count(*) from traces where not kept and (rejected_by is null "
+                    "or rejected_stage is null)")[1] == [(0,)]
+    # every filter of the default recipe scored every sample
+    assert wh.query("select count(*) from traces where cardinality(scores) < 6")[1] == [(0,)]
     assert wh.query("select count(distinct trace_id) from traces")[1] == [(samples,)]
     assert wh.query("select count(*) from traces where completion_tokens > 0 and prompt_tokens > 0 "
                     "and scores['rejection'] is not distinct from correct::int")[1] == [(samples,)]

@@ -54,6 +54,8 @@ def test_reference_lists_every_key_with_help():
     (["recipes/default.yaml", "--set", "dataset=missing.jsonl"], "dataset file not found"),
     (["recipes/default.yaml", "--set", "verifier=chess"], "unknown verifier 'chess'"),
     (["recipes/default.yaml", "--set", "backend=tpu"], "unknown backend 'tpu'"),
+    (["recipes/default.yaml", "--set", "filters=[{decontam: {against: [nope.jsonl]}}]"], "nope.jsonl"),
+    (["recipes/default.yaml", "--set", "filters=[sparkle]"], "unknown filter 'sparkle'"),
 ])
 def test_cli_bad_input_fails_fast_with_one_line(tmp_path, args, message):
     proc = run_cli("run", *args, "--warehouse", str(tmp_path / "wh"), timeout=120)
