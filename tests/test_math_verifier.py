@@ -178,3 +178,17 @@ def test_gsm8k_reference_with_thousands():
 
 def test_registered_under_math():
     assert get_verifier("math") is verify
+
+
+def test_numeral_fast_path_agrees_with_math_verify():
+    # Plain numbers skip the LaTeX parser; the verdicts must be the ones math-verify gives.
+    from verifiers import math as m
+
+    cases = [("<think>x</think>\\boxed{1,000}", "1000"), ("<think>x</think>\\boxed{18.0}", "18"),
+             ("<think>x</think>\\boxed{-3}", "-3"), ("<think>x</think>\\boxed{17}", "18"),
+             ("<think>x</think>\n#### 72", "Natalia sold 48/2 = 24 clips.\n#### 72"), ("<think>x</think>$\\boxed{0.5}$", "0.50")]
+    for completion, ref in cases:
+        fast = m.verify(completion, ref)
+        gold = list(m._gold(ref))
+        pred, _ = m._extract(completion.split("</think>")[1])
+        assert fast.correct == m._equal(gold, pred), (completion, ref)
