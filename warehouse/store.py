@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -147,7 +148,12 @@ class Warehouse:
             if self.parts():  # DuckDB refuses a glob that matches nothing
                 parts.append(str(self.root / "traces" / "run_id=*" / "part-*.parquet"))
             runs = [str(self.root / "runs" / "*.json")] if any((self.root / "runs").glob("*.json")) else []
-            con = duckdb.connect(str(self.catalog_path))
+            # Built under a temporary name and renamed over the catalog: a reader holding the old
+            # file keeps reading it, and no writer ever needs a lock on the file readers have open
+            # (DuckDB lets one process write a database file, and not while others read it).
+            tmp = self.root / f".tmp-catalog-{os.getpid()}-{threading.get_ident()}.duckdb"
+            tmp.unlink(missing_ok=True)
+            con = duckdb.connect(str(tmp))
             try:
                 con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
                 for name in ("accepted", "funnel", "pass_rates", "problems", "filter_funnel"):
@@ -158,6 +164,7 @@ class Warehouse:
                     con.execute("CREATE OR REPLACE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
             finally:
                 con.close()
+            os.replace(tmp, self.catalog_path)
         return self.catalog_path
 
     def refresh_if_writable(self) -> None:
