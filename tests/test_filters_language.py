@@ -67,3 +67,15 @@ def test_completion_is_used_when_there_is_no_reasoning(make_trace):
 def test_unknown_language_code_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown ISO 639-1 code 'xx'"):
         make_filter("language", target="xx")
+
+
+def test_english_fast_path_still_sends_latin_rivals_to_lingua(make_trace):
+    from filters import make_filter
+
+    f = make_filter("language")
+    english = "We add the two numbers. Then we check the sum against the question. " * 6
+    assert f.share(english) == 1.0
+    for foreign in ("Entonces sumamos los dos numeros y el resultado es correcto para todos. ",
+                    "Ensuite on additionne les deux nombres et le resultat est correct pour tous. ",
+                    "Dann addieren wir die beiden Zahlen und das Ergebnis ist richtig fur alle. "):
+        assert f.share(english + foreign * 3) < 0.95, foreign
