@@ -54,6 +54,24 @@ def build_filters(recipe: Recipe, base_dir: Path | None) -> list:
     return out
 
 
+def backend_for(recipe: Recipe) -> str:
+    """`auto` is the openai backend when the recipe names a server, else vllm if installed, else transformers."""
+    return "openai" if recipe.backend == "auto" and recipe.api_base else pick_backend(recipe.backend)
+
+
+def make_teacher(recipe: Recipe, backend: str):
+    if backend == "openai":
+        # The model is the server's name for it; nothing is loaded here.
+        return make_generator("openai", recipe.model, api_base=recipe.api_base, api_key_env=recipe.api_key_env,
+                              api_mode=recipe.api_mode, concurrency=recipe.concurrency,
+                              request_timeout=recipe.request_timeout, max_retries=recipe.max_retries,
+                              seed=recipe.seed)
+    return make_generator(backend, resolve_model(recipe.model), dtype=recipe.dtype,
+                          max_model_len=recipe.max_model_len, seed=recipe.seed,
+                          gpu_memory_utilization=recipe.gpu_memory_utilization,
+                          tensor_parallel_size=recipe.tensor_parallel_size)
+
+
 def sampling_for(recipe: Recipe) -> SamplingConfig:
     return SamplingConfig(n=recipe.n, temperature=recipe.temperature, top_p=recipe.top_p,
                           max_tokens=recipe.max_tokens, seed=recipe.seed, stop=list(recipe.stop))
@@ -65,19 +83,26 @@ def run_id_for(recipe: Recipe, fresh: bool = False) -> str:
 
 
 def build_traces(run_id: str, recipe: Recipe, backend: str, problems: list[Problem],
-                 prompts: list[list[dict]], samples: list[list]) -> list[Trace]:
+                 prompts: list[list[dict]], samples: list[list], indices: list[list[int]] | None = None) -> list[Trace]:
+    """Traces for the samples that finished; `indices` gives each sample's sample_index (default 0..n-1)."""
     sampling = sampling_json(sampling_for(recipe).as_dict())
+    pin, pout = recipe.price_input_per_mtok, recipe.price_output_per_mtok
     traces = []
-    for problem, prompt, outs in zip(problems, prompts, samples):
-        for i, s in enumerate(outs):
+    for j, (problem, prompt, outs) in enumerate(zip(problems, prompts, samples)):
+        for i, s in zip(indices[j] if indices else range(len(outs)), outs):
+            if s.finish_reason == "error":
+                continue
             reasoning, answer = split_think(s.text)
+            cost = None
+            if pin is not None and pout is not None and s.completion_tokens is not None:
+                cost = ((s.prompt_tokens or 0) * pin + s.completion_tokens * pout) / 1e6
             traces.append(Trace(
                 trace_id=make_trace_id(problem.problem_id, recipe.model, sampling, i), run_id=run_id,
                 problem_id=problem.problem_id, sample_index=i, source=problem.source, domain=problem.domain,
                 prompt=prompt, reference=problem.reference, teacher=recipe.model, backend=backend,
                 sampling=sampling, completion=s.text, reasoning=reasoning, answer=answer,
                 finish_reason=s.finish_reason, prompt_tokens=s.prompt_tokens,
-                completion_tokens=s.completion_tokens, latency_s=s.latency_s,
+                completion_tokens=s.completion_tokens, latency_s=s.latency_s, cost_usd=cost,
             ))
     return traces
 
@@ -90,27 +115,47 @@ def load_task(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
 @task(name="shard", cache_policy=NO_CACHE)
 def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int, problems: list[Problem],
                filters: list, wh: Warehouse, timings: dict) -> dict:
-    """Generate, verify, filter and store one shard; returns its counts."""
-    prompts = [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
-               for p in problems]
+    """Generate, verify, filter and store one shard; returns its counts and the samples that failed.
+
+    A shard whose part is short (samples the backend gave up on) generates only the missing
+    sample indices, then re-filters the whole shard: per-problem steps need all of its samples.
+    """
+    existing = wh.read_part(run_id, shard) if wh.part_exists(run_id, shard) else []
+    have = {(t.problem_id, t.sample_index) for t in existing}
+    missing = {p.problem_id: [i for i in range(recipe.n) if (p.problem_id, i) not in have] for p in problems}
+    by_count: dict[int, list[Problem]] = {}
+    for p in problems:
+        if missing[p.problem_id]:
+            by_count.setdefault(len(missing[p.problem_id]), []).append(p)
     t0 = time.perf_counter()
-    samples = generator.generate(prompts, sampling_for(recipe))
+    new, failures = [], []
+    for k, group in sorted(by_count.items()):
+        prompts = [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+                   for p in group]
+        sampling = sampling_for(recipe)
+        sampling.n = k
+        samples = generator.generate(prompts, sampling)
+        indices = [missing[p.problem_id] for p in group]
+        new += build_traces(run_id, recipe, backend, group, prompts, samples, indices)
+        failures += [{"problem_id": p.problem_id, "sample_index": i, "error": s.error}
+                     for p, idx, outs in zip(group, indices, samples) for i, s in zip(idx, outs)
+                     if s.finish_reason == "error"]
     t1 = time.perf_counter()
-    traces = build_traces(run_id, recipe, backend, problems, prompts, samples)
-    verdicts = verify_batch(recipe.verifier, [(t.completion, t.reference) for t in traces],
-                            workers=recipe.verify_workers)
-    for t, v in zip(traces, verdicts):
+    verdicts = verify_batch(recipe.verifier, [(t.completion, t.reference) for t in new], workers=recipe.verify_workers)
+    for t, v in zip(new, verdicts):
         t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.verifier, v.reason, v.extracted
     t2 = time.perf_counter()
+    traces = sorted(existing + new, key=lambda t: (t.problem_id, t.sample_index))
     filters_mod.apply_filters(traces, filters)
     select_per_problem(traces, recipe.keep_per_problem, recipe.prefer, recipe.pass_rate_min, recipe.pass_rate_max)
     t3 = time.perf_counter()
-    wh.write_part(run_id, shard, traces)
+    if traces:
+        wh.write_part(run_id, shard, traces, expected=len(problems) * recipe.n)
     t4 = time.perf_counter()
     for key, dt in (("generate", t1 - t0), ("verify", t2 - t1), ("filter", t3 - t2), ("write", t4 - t3)):
         timings[key] = timings.get(key, 0.0) + dt
-    return {"samples": len(traces), "kept": sum(1 for t in traces if t.kept),
-            "completion_tokens": sum(t.completion_tokens or 0 for t in traces)}
+    return {"samples": len(new), "kept": sum(1 for t in traces if t.kept), "failures": failures,
+            "completion_tokens": sum(t.completion_tokens or 0 for t in new)}
 
 
 def versions() -> dict:
@@ -138,8 +183,8 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     timings: dict[str, float] = {}
     problems = load_task(recipe, base_dir)
     shards = [problems[i:i + recipe.shard_size] for i in range(0, len(problems), recipe.shard_size)]
-    todo = [i for i in range(len(shards)) if not wh.part_exists(run_id, i)]
-    backend = pick_backend(recipe.backend)
+    todo = [i for i in range(len(shards)) if wh.part_missing(run_id, i) != 0]
+    backend = backend_for(recipe)
     run = {
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
         "status": "running", "started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None,
@@ -151,20 +196,22 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     try:
         if todo:
             t0 = time.perf_counter()
-            generator = make_generator(backend, resolve_model(recipe.model), dtype=recipe.dtype,
-                                       max_model_len=recipe.max_model_len, seed=recipe.seed,
-                                       gpu_memory_utilization=recipe.gpu_memory_utilization,
-                                       tensor_parallel_size=recipe.tensor_parallel_size)
+            generator = make_teacher(recipe, backend)
             timings["model_load"] = time.perf_counter() - t0
             filters = build_filters(recipe, base_dir)
-            total = sum(len(shards[i]) for i in todo) * recipe.n
+            total = sum(len(shards[i]) * recipe.n for i in todo) - sum(
+                len(shards[i]) * recipe.n - (wh.part_missing(run_id, i) or len(shards[i]) * recipe.n) for i in todo)
+            failures = []
             with tqdm(total=total, desc="generate", unit="sample", disable=None, file=sys.stderr) as bar:
                 for i in todo:
                     counts = shard_task(generator, recipe, run_id, backend, i, shards[i], filters, wh, timings)
-                    bar.update(counts["samples"])
-                    bar.set_postfix(kept=counts["kept"], refresh=False)
+                    failures += counts["failures"]
+                    bar.update(counts["samples"] + len(counts["failures"]))
+                    bar.set_postfix(kept=counts["kept"], failed=len(failures), refresh=False)
+            run["failed_samples"] = len(failures)
+            run["failures"] = failures[:100]  # the first ones, with the backend's error; the count is exact
             run["filters"] = {f.name: f.report() for f in filters if f.report()}
-        run["status"] = "finished"
+        run["status"] = "incomplete" if run.get("failed_samples") else "finished"
     except BaseException as e:
         run["status"], run["error"] = "failed", f"{type(e).__name__}: {e}"
         raise

@@ -41,6 +41,21 @@ class Recipe:
     gpu_memory_utilization: float | None = field(default=None, metadata={
         "help": "vLLM memory share; default 0.9 on GPU, 0.4 on CPU."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPUs per engine)."})
+    # API teachers (backend: openai): any OpenAI-compatible server
+    api_base: str | None = field(default=None, metadata={
+        "help": "backend openai: the server's base URL, e.g. http://127.0.0.1:8000/v1 or https://api.deepseek.com/v1."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "backend openai: name of the environment variable holding the API key (never logged or stored)."})
+    api_mode: str = field(default="chat", metadata={
+        "help": "backend openai: chat (/v1/chat/completions) | completions (/v1/completions, chat template applied locally)."})
+    concurrency: int = field(default=16, metadata={"help": "backend openai: requests in flight at once."})
+    request_timeout: float = field(default=600.0, metadata={
+        "help": "backend openai: seconds per request (long CoT takes minutes)."})
+    max_retries: int = field(default=6, metadata={
+        "help": "backend openai: retries on 429/5xx/timeouts/dropped connections, with backoff and jitter."})
+    price_input_per_mtok: float | None = field(default=None, metadata={
+        "help": "USD per million prompt tokens; with the output price, cost is recorded per sample and run."})
+    price_output_per_mtok: float | None = field(default=None, metadata={"help": "USD per million completion tokens."})
     system_prompt: str | None = field(default=None, metadata={"help": "System message of every prompt."})
     few_shot: list = field(default_factory=list, metadata={
         "help": "Example turns shown before each problem: a list of {question, answer}."})
@@ -95,6 +110,11 @@ class Recipe:
             v = getattr(self, key)
             if v is not None and (not isinstance(v, (int, float)) or not 0 <= v <= 1):
                 bad(key, "a number in [0, 1] or null")
+        if self.api_mode not in ("chat", "completions"):
+            bad("api_mode", "chat or completions")
+        for key in ("concurrency", "max_retries"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < (1 if key == "concurrency" else 0):
+                bad(key, "a whole number >= " + ("1" if key == "concurrency" else "0"))
         if not isinstance(self.dataset_options, dict):
             bad("dataset_options", "a mapping")
         if not isinstance(self.filters, list):

@@ -18,7 +18,8 @@ class Sample:
     finish_reason: str | None  # stop | length | None when the backend does not say
     prompt_tokens: int | None
     completion_tokens: int | None
-    latency_s: float | None  # wall time of the generate call that produced the sample
+    latency_s: float | None  # wall time of the request (API) or of the batch call (offline engines)
+    error: str | None = None  # set (with finish_reason "error") when the backend gave up on this sample
 
 
 @dataclass(slots=True)

@@ -44,6 +44,7 @@ SCHEMA = pa.schema(
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
         ("latency_s", pa.float64()),
+        ("cost_usd", pa.float64()),  # when the recipe gives prices (API teachers)
         # verdict
         ("correct", pa.bool_()),  # null = could not be verified
         ("verifier", pa.string()),
@@ -80,6 +81,7 @@ class Trace:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float | None = None
+    cost_usd: float | None = None
     kind: str = "sample"
     parents: list[str] = field(default_factory=list)
     correct: bool | None = None

@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.schema import SCHEMA, Trace, to_table
+from warehouse.schema import SCHEMA, Trace, from_table, to_table
 
 # Queries the catalog answers. `funnel` counts one run's way from problems to kept samples.
 VIEWS = {
@@ -71,6 +71,13 @@ VIEWS = {
 }
 
 
+# Short, repetitive columns get dictionary encoding; the long texts (prompt, completion, reasoning)
+# gain nothing from it and it costs ingest time.
+DICTIONARY_COLUMNS = ["run_id", "problem_id", "kind", "source", "domain", "reference", "teacher", "backend",
+                      "sampling", "finish_reason", "verifier", "verdict_reason", "extracted_answer",
+                      "rejected_by", "rejected_stage"]
+
+
 class Warehouse:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
@@ -84,17 +91,42 @@ class Warehouse:
         # The part is renamed into place last, so its presence means the shard finished.
         return self.part_path(run_id, shard).exists()
 
-    def write_part(self, run_id: str, shard: int, traces: list[Trace]) -> Path:
-        """Write one shard's traces atomically: a temporary name in the same folder, then rename.
+    def part_missing(self, run_id: str, shard: int) -> int | None:
+        """None if the shard has no part; else how many samples it still lacks (0 = done).
+
+        A part can be short when a backend gave up on some samples (a dead server): it keeps the
+        samples that finished, and says in its metadata how many the shard should hold.
+        """
+        path = self.part_path(run_id, shard)
+        if not path.exists():
+            return None
+        meta = pq.read_metadata(path)
+        expected = (meta.metadata or {}).get(b"distill.expected")
+        return max(0, int(expected) - meta.num_rows) if expected else 0
+
+    def read_part(self, run_id: str, shard: int) -> list[Trace]:
+        return from_table(pq.read_table(self.part_path(run_id, shard)))
+
+    def write_part(self, run_id: str, shard: int, traces: list[Trace], expected: int | None = None) -> Path:
+        """Write one shard's traces atomically (see write_table); `expected` = samples the shard should
+        hold, when fewer were written (a backend gave up on some)."""
+        table = to_table(traces)
+        if expected is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"distill.expected": str(expected)})
+        return self.write_table(run_id, shard, table)
+
+    def write_table(self, run_id: str, shard: int, table: pa.Table) -> Path:
+        """Write a part from an Arrow table of SCHEMA: a temporary name in the same folder, then rename.
 
         A crash before the rename leaves only a `.tmp-*` file, which no reader globs and the next
         write of the shard replaces.
         """
+        if not table.schema.equals(SCHEMA, check_metadata=False):
+            raise ValueError("a part must have exactly warehouse.schema.SCHEMA")
         path = self.part_path(run_id, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-        table = to_table(traces)
-        pq.write_table(table, tmp, compression="zstd")
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -151,8 +183,9 @@ class Warehouse:
             # Built under a temporary name and renamed over the catalog: a reader holding the old
             # file keeps reading it, and no writer ever needs a lock on the file readers have open
             # (DuckDB lets one process write a database file, and not while others read it).
+            for stale in self.root.glob(".tmp-catalog-*"):  # left by a crashed refresh; we hold the lock
+                stale.unlink(missing_ok=True)
             tmp = self.root / f".tmp-catalog-{os.getpid()}-{threading.get_ident()}.duckdb"
-            tmp.unlink(missing_ok=True)
             con = duckdb.connect(str(tmp))
             try:
                 con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
