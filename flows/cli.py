@@ -42,7 +42,6 @@ def run(
 ):
     """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
     from flows.recipe import RecipeError, load_recipe, parse_set
-    from generators import pick_backend
     from generators.base import BackendError
     from generators.models import check_model_name
     from generators.problems import ProblemError
@@ -55,8 +54,14 @@ def run(
         if warehouse is not None:
             overrides["warehouse"] = str(warehouse)
         rcp = load_recipe(recipe, overrides)
-        check_model_name(rcp.model)
-        pick_backend(rcp.backend)
+        from flows.generate import backend_for
+
+        backend = backend_for(rcp)
+        if backend == "openai":
+            if not rcp.api_base:
+                raise RecipeError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
+        else:
+            check_model_name(rcp.model)
         from verifiers import get_verifier
 
         get_verifier(rcp.verifier)
@@ -72,13 +77,19 @@ def run(
 
     run_id = run_id_for(rcp, fresh)
     err.print(f"run [bold]{run_id}[/]: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} "
-              f"({pick_backend(rcp.backend)}), warehouse {rcp.warehouse}", highlight=False)
+              f"({backend}), warehouse {rcp.warehouse}", highlight=False)
     command = shlex.join(["distill", *sys.argv[1:]])
     try:
         result = generate(rcp, run_id, recipe.parent.absolute(), command)
     except BackendError as e:
         fail(str(e))
     print_funnel(rcp.warehouse, run_id, result)
+    if result.get("failed_samples"):
+        first = result["failures"][0]
+        err.print(f"[bold red]{result['failed_samples']} samples failed[/] (first: problem {first['problem_id']} "
+                  f"sample {first['sample_index']}: {first['error']}); the finished ones are stored. "
+                  "Run the same command again to generate only the missing ones.", highlight=False)
+        raise typer.Exit(3)
 
 
 def print_funnel(root: str, run_id: str, run: dict) -> None:

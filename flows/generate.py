@@ -65,7 +65,7 @@ def make_teacher(recipe: Recipe, backend: str):
         return make_generator("openai", recipe.model, api_base=recipe.api_base, api_key_env=recipe.api_key_env,
                               api_mode=recipe.api_mode, concurrency=recipe.concurrency,
                               request_timeout=recipe.request_timeout, max_retries=recipe.max_retries,
-                              seed=recipe.seed)
+                              seed=recipe.seed, tokenizer=recipe.tokenizer)
     return make_generator(backend, resolve_model(recipe.model), dtype=recipe.dtype,
                           max_model_len=recipe.max_model_len, seed=recipe.seed,
                           gpu_memory_utilization=recipe.gpu_memory_utilization,

@@ -48,6 +48,9 @@ class Recipe:
         "help": "backend openai: name of the environment variable holding the API key (never logged or stored)."})
     api_mode: str = field(default="chat", metadata={
         "help": "backend openai: chat (/v1/chat/completions) | completions (/v1/completions, chat template applied locally)."})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "backend openai, api_mode completions: alias, path or id whose chat template builds the prompt "
+                "(default: model)."})
     concurrency: int = field(default=16, metadata={"help": "backend openai: requests in flight at once."})
     request_timeout: float = field(default=600.0, metadata={
         "help": "backend openai: seconds per request (long CoT takes minutes)."})

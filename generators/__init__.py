@@ -8,6 +8,7 @@ from generators.base import BackendError
 BACKENDS = {
     "vllm": ("generators.vllm_engine", "VLLMGenerator"),
     "transformers": ("generators.hf", "TransformersGenerator"),
+    "openai": ("generators.openai_backend", "OpenAIGenerator"),
 }
 
 
