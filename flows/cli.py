@@ -32,21 +32,13 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
-def run(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/default.yaml."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set n=8 (repeatable)."),
-    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
-    fresh: bool = typer.Option(False, "--fresh", help="Start a new run instead of resuming the same recipe's."),
-):
-    """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
+def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[Path]):
+    """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
     from flows.recipe import RecipeError, load_recipe, parse_set
     from generators.base import BackendError
     from generators.models import check_model_name
     from generators.problems import ProblemError
 
-    # Everything that can be wrong with the input fails here, before Prefect or a model starts.
     try:
         overrides = parse_set(set_)
         if limit is not None:
@@ -65,22 +57,36 @@ def run(
         from verifiers import get_verifier
 
         get_verifier(rcp.verifier)
-        from flows.generate import build_filters, problems_for, run_id_for
+        from flows.generate import build_filters, problems_for, task_runner_for
 
         build_filters(rcp, recipe.parent)
-
+        task_runner_for(rcp)
         problems = problems_for(rcp, recipe.parent)
     except (RecipeError, ProblemError, BackendError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
+    return rcp, backend, problems
 
-    from flows.generate import generate
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/default.yaml."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set n=8 (repeatable)."),
+    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+    fresh: bool = typer.Option(False, "--fresh", help="Start a new run instead of resuming the same recipe's."),
+):
+    """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
+    from generators.base import BackendError
+
+    rcp, backend, problems = prepare(recipe, set_, limit, warehouse)
+    from flows.generate import run_generate, run_id_for
 
     run_id = run_id_for(rcp, fresh)
     err.print(f"run [bold]{run_id}[/]: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} "
               f"({backend}), warehouse {rcp.warehouse}", highlight=False)
     command = shlex.join(["distill", *sys.argv[1:]])
     try:
-        result = generate(rcp, run_id, recipe.parent.absolute(), command)
+        result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
     except BackendError as e:
         fail(str(e))
     print_funnel(rcp.warehouse, run_id, result)
@@ -90,6 +96,41 @@ def run(
                   f"sample {first['sample_index']}: {first['error']}); the finished ones are stored. "
                   "Run the same command again to generate only the missing ones.", highlight=False)
         raise typer.Exit(3)
+
+
+@app.command()
+def serve(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    cron: str = typer.Option(..., "--cron", help='Schedule, e.g. "0 * * * *" (hourly).'),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: the recipe's name)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key (repeatable)."),
+    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+):
+    """Serve the recipe as a Prefect deployment on a cron schedule, from this process.
+
+    Every scheduled run resumes the same run: shards already stored are skipped, so each run
+    generates only for problems added to the dataset since the last one. Runs (and a manual
+    `prefect deployment run generate/NAME`) show in the Prefect UI of the server PREFECT_API_URL names.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        fail(f"--cron {cron!r} is not a cron expression (e.g. \"0 * * * *\")")
+    rcp, backend, problems = prepare(recipe, set_, limit, warehouse)
+    from flows.generate import generate, run_id_for, task_runner_for
+
+    run_id = run_id_for(rcp)
+    deployment = name or rcp.name
+    err.print(f"serving [bold]generate/{deployment}[/] on {cron!r}: run {run_id}, {len(problems)} problems now, "
+              f"teacher {rcp.model} ({backend})", highlight=False)
+    command = shlex.join(["distill", *sys.argv[1:]])
+    generate.with_options(task_runner=task_runner_for(rcp)).serve(
+        name=deployment, cron=cron,
+        parameters={"recipe": rcp.to_dict(), "run_id": run_id, "base_dir": str(recipe.parent.absolute()),
+                    "command": command})
 
 
 def print_funnel(root: str, run_id: str, run: dict) -> None:

@@ -1,19 +1,25 @@
-"""The `generate` flow: load → generate → verify → filter → store, one shard at a time.
+"""The `generate` flow: load → generate → verify → filter → store, shard by shard.
 
 A shard is a fixed slice of the problems and one part file. Its part is written last, so a shard
-whose part exists is done: a rerun of the same recipe skips it and does only what is missing.
+whose part holds all its samples is done: a rerun of the same recipe skips it and does only what
+is missing. Shards are Prefect tasks on the recipe's task runner (threads, Dask or Ray); each
+process keeps one teacher engine, used by one shard at a time, while other shards verify and write.
 """
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
@@ -21,7 +27,7 @@ import filters as filters_mod
 from filters.selection import select_per_problem
 from flows.recipe import Recipe
 from generators import make_generator, pick_backend
-from generators.base import SamplingConfig, build_messages
+from generators.base import BackendError, SamplingConfig, build_messages
 from generators.models import resolve_model
 from generators.problems import Problem, load_problems
 from verifiers import verify_batch
@@ -112,14 +118,62 @@ def load_task(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
     return problems_for(recipe, base_dir)
 
 
-@task(name="shard", cache_policy=NO_CACHE)
-def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int, problems: list[Problem],
-               filters: list, wh: Warehouse, timings: dict) -> dict:
-    """Generate, verify, filter and store one shard; returns its counts and the samples that failed.
+# One teacher per process and teacher config: an engine holds a model on a device, so shards in
+# threads share it (one generate call at a time) instead of loading a second copy.
+_TEACHERS: dict[str, tuple[object, threading.Lock]] = {}
+_FILTERS: dict[str, tuple[list, threading.Lock]] = {}
+_CACHE_LOCK = threading.Lock()
+TEACHER_KEYS = ("model", "backend", "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size",
+                "seed", "api_base", "api_key_env", "api_mode", "tokenizer", "concurrency", "request_timeout",
+                "max_retries")
 
-    A shard whose part is short (samples the backend gave up on) generates only the missing
-    sample indices, then re-filters the whole shard: per-problem steps need all of its samples.
+
+def teacher_for(recipe: Recipe, backend: str, timings: dict) -> tuple[object, threading.Lock]:
+    key = repr([getattr(recipe, k) for k in TEACHER_KEYS])
+    with _CACHE_LOCK:
+        if key not in _TEACHERS:
+            t0 = time.perf_counter()
+            _TEACHERS[key] = (make_teacher(recipe, backend), threading.Lock())
+            timings["model_load"] = time.perf_counter() - t0
+        return _TEACHERS[key]
+
+
+def filters_for(recipe: Recipe, run_id: str, base_dir: Path | None) -> tuple[list, threading.Lock]:
+    """The run's filter objects in this process: stateful ones (dedup) see every shard it handles."""
+    with _CACHE_LOCK:
+        if run_id not in _FILTERS:
+            _FILTERS[run_id] = (build_filters(recipe, base_dir), threading.Lock())
+        return _FILTERS[run_id]
+
+
+def shard_key(problems: list[Problem], n: int) -> str:
+    """Which samples a shard is made of: a grown dataset changes the key of the shards it grew."""
+    return hashlib.sha256(f"{n}|{'|'.join(p.problem_id for p in problems)}".encode()).hexdigest()[:16]
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry a shard on anything but a BackendError (a wrong key, a missing model): those fail fast."""
+    try:
+        state.result()
+    except BackendError:
+        return False
+    except BaseException:
+        return True
+    return True
+
+
+@task(name="shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=_retry_transient)
+def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: list[Problem],
+               base_dir: Path | None) -> dict:
+    """Generate, verify, filter and store one shard; returns its counts, timings and failed samples.
+
+    A shard whose part is short (samples the backend gave up on, or problems added to the dataset
+    since) generates only the missing sample indices, then re-filters the whole shard: per-problem
+    steps need all of its samples.
     """
+    wh = Warehouse(recipe.warehouse)
+    timings: dict[str, float] = {}
     existing = wh.read_part(run_id, shard) if wh.part_exists(run_id, shard) else []
     have = {(t.problem_id, t.sample_index) for t in existing}
     missing = {p.problem_id: [i for i in range(recipe.n) if (p.problem_id, i) not in have] for p in problems}
@@ -127,14 +181,23 @@ def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int,
     for p in problems:
         if missing[p.problem_id]:
             by_count.setdefault(len(missing[p.problem_id]), []).append(p)
-    t0 = time.perf_counter()
     new, failures = [], []
+    if by_count:
+        teacher, engine_lock = teacher_for(recipe, backend, timings)
+    t0, gen_s = time.perf_counter(), 0.0
     for k, group in sorted(by_count.items()):
         prompts = [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
                    for p in group]
         sampling = sampling_for(recipe)
         sampling.n = k
-        samples = generator.generate(prompts, sampling)
+        if backend == "openai":  # a server batches requests itself; the backend caps them
+            g0 = time.perf_counter()
+            samples = teacher.generate(prompts, sampling)
+        else:
+            with engine_lock:  # time spent waiting for the engine is not generation time
+                g0 = time.perf_counter()
+                samples = teacher.generate(prompts, sampling)
+        gen_s += time.perf_counter() - g0
         indices = [missing[p.problem_id] for p in group]
         new += build_traces(run_id, recipe, backend, group, prompts, samples, indices)
         failures += [{"problem_id": p.problem_id, "sample_index": i, "error": s.error}
@@ -146,16 +209,44 @@ def shard_task(generator, recipe: Recipe, run_id: str, backend: str, shard: int,
         t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.verifier, v.reason, v.extracted
     t2 = time.perf_counter()
     traces = sorted(existing + new, key=lambda t: (t.problem_id, t.sample_index))
-    filters_mod.apply_filters(traces, filters)
+    run_filters, filters_lock = filters_for(recipe, run_id, base_dir)
+    with filters_lock:  # filter objects keep state (dedup) and are not thread-safe
+        filters_mod.apply_filters(traces, run_filters)
+        reports = {f.name: f.report() for f in run_filters if f.report()}
     select_per_problem(traces, recipe.keep_per_problem, recipe.prefer, recipe.pass_rate_min, recipe.pass_rate_max)
     t3 = time.perf_counter()
     if traces:
-        wh.write_part(run_id, shard, traces, expected=len(problems) * recipe.n)
+        wh.write_part(run_id, shard, traces, expected=len(problems) * recipe.n, key=shard_key(problems, recipe.n))
     t4 = time.perf_counter()
-    for key, dt in (("generate", t1 - t0), ("verify", t2 - t1), ("filter", t3 - t2), ("write", t4 - t3)):
-        timings[key] = timings.get(key, 0.0) + dt
-    return {"samples": len(new), "kept": sum(1 for t in traces if t.kept), "failures": failures,
-            "completion_tokens": sum(t.completion_tokens or 0 for t in new)}
+    timings.update(generate=gen_s, verify=t2 - t1, filter=t3 - t2, write=t4 - t3)
+    return {"shard": shard, "samples": len(new), "kept": sum(1 for t in traces if t.kept), "failures": failures,
+            "completion_tokens": sum(t.completion_tokens or 0 for t in new), "timings": timings,
+            "filter_reports": reports}
+
+
+def task_runner_for(recipe: Recipe):
+    """The recipe's task runner: threads here; Dask or Ray processes (or a cluster) to scale out."""
+    if recipe.task_runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=recipe.parallel_shards)
+    if recipe.task_runner == "dask":
+        try:
+            import dask
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise BackendError("task_runner dask needs prefect-dask: pip install 'distill[scale]'") from None
+        # Worker processes must be allowed children: verification runs in its own process pool.
+        dask.config.set({"distributed.worker.daemon": False})
+        if recipe.dask_address:
+            return DaskTaskRunner(address=recipe.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": recipe.parallel_shards, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise BackendError("task_runner ray needs prefect-ray: pip install prefect-ray") from None
+    return RayTaskRunner(address=recipe.dask_address) if recipe.dask_address else RayTaskRunner()
 
 
 def versions() -> dict:
@@ -183,35 +274,41 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     timings: dict[str, float] = {}
     problems = load_task(recipe, base_dir)
     shards = [problems[i:i + recipe.shard_size] for i in range(0, len(problems), recipe.shard_size)]
-    todo = [i for i in range(len(shards)) if wh.part_missing(run_id, i) != 0]
+    todo = [i for i in range(len(shards))
+            if wh.part_missing(run_id, i, shard_key(shards[i], recipe.n)) != 0]
     backend = backend_for(recipe)
     run = {
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
         "status": "running", "started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None,
         "backend": backend, "teacher": recipe.model, "versions": versions(), "git_sha": git_sha(),
         "problems": len(problems), "shards": len(shards), "shards_resumed": len(shards) - len(todo),
-        "timings": timings, "error": None,
+        "timings": timings, "error": None, "failed_samples": 0, "failures": [],
     }
     wh.write_run(run)
     try:
         if todo:
-            t0 = time.perf_counter()
-            generator = make_teacher(recipe, backend)
-            timings["model_load"] = time.perf_counter() - t0
-            filters = build_filters(recipe, base_dir)
-            total = sum(len(shards[i]) * recipe.n for i in todo) - sum(
-                len(shards[i]) * recipe.n - (wh.part_missing(run_id, i) or len(shards[i]) * recipe.n) for i in todo)
-            failures = []
-            with tqdm(total=total, desc="generate", unit="sample", disable=None, file=sys.stderr) as bar:
-                for i in todo:
-                    counts = shard_task(generator, recipe, run_id, backend, i, shards[i], filters, wh, timings)
+            futures = [shard_task.submit(recipe, run_id, backend, i, shards[i], base_dir) for i in todo]
+            failures, reports, errors = [], {}, []
+            with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=sys.stderr) as bar:
+                for fut in as_completed(futures):
+                    try:
+                        counts = fut.result()
+                    except BaseException as e:  # other shards go on; their parts are kept
+                        errors.append(e)
+                        bar.update(1)
+                        continue
                     failures += counts["failures"]
-                    bar.update(counts["samples"] + len(counts["failures"]))
-                    bar.set_postfix(kept=counts["kept"], failed=len(failures), refresh=False)
+                    reports.update(counts["filter_reports"])
+                    for k, v in counts["timings"].items():
+                        timings[k] = timings.get(k, 0.0) + v
+                    bar.update(1)
+                    bar.set_postfix(samples=counts["samples"], kept=counts["kept"], failed=len(failures), refresh=False)
             run["failed_samples"] = len(failures)
             run["failures"] = failures[:100]  # the first ones, with the backend's error; the count is exact
-            run["filters"] = {f.name: f.report() for f in filters if f.report()}
-        run["status"] = "incomplete" if run.get("failed_samples") else "finished"
+            run["filters"] = reports
+            if errors:
+                raise errors[0]
+        run["status"] = "incomplete" if run["failed_samples"] else "finished"
     except BaseException as e:
         run["status"], run["error"] = "failed", f"{type(e).__name__}: {e}"
         raise
@@ -221,4 +318,27 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         timings["wall"] = time.time() - started
         wh.write_run(run)
         wh.refresh()
+    summary_artifact(wh, run)
     return run
+
+
+def summary_artifact(wh: Warehouse, run: dict) -> None:
+    """The funnel, tokens and time per stage, shown on the flow run in the Prefect UI."""
+    _, steps = wh.query('SELECT stage, "in", dropped, kept FROM filter_funnel WHERE run_id = ? ORDER BY step',
+                        [run["run_id"]])
+    cols, rows = wh.query("SELECT * FROM funnel WHERE run_id = ?", [run["run_id"]])
+    f = dict(zip(cols, rows[0])) if rows else {}
+    t = run["timings"]
+    rate = (f.get("completion_tokens") or 0) / t["generate"] if t.get("generate") else 0
+    md = [f"# {run['run_id']}: {run['status']}", "",
+          f"problems {f.get('problems', 0)} → samples {f.get('samples', 0)} → correct {f.get('correct', 0)} "
+          f"→ kept {f.get('kept', 0)}; {f.get('completion_tokens') or 0:,} tokens at {rate:,.0f} tokens/s", "",
+          "| step | in | dropped | kept |", "|---|---:|---:|---:|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in steps],
+          "", "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.1f} |" for k, v in sorted(t.items())]]
+    key = "funnel-" + "".join(c if c.isalnum() else "-" for c in run["run_id"].lower())
+    create_markdown_artifact(markdown="\n".join(md), key=key[:100], description=f"distill run {run['run_id']}")
+
+
+def run_generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command: str | None = None) -> dict:
+    """The flow on the recipe's task runner."""
+    return generate.with_options(task_runner=task_runner_for(recipe))(recipe, run_id, base_dir, command)

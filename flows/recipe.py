@@ -83,6 +83,13 @@ class Recipe:
     pass_rate_max: float | None = field(default=None, metadata={
         "help": "Drop problems whose pass rate is above this (too easy)."})
     verify_workers: int = field(default=2, metadata={"help": "Processes for verification of large batches."})
+    # execution
+    task_runner: str = field(default="threads", metadata={
+        "help": "threads | dask | ray: where shard tasks run. dask without dask_address starts a local cluster."})
+    parallel_shards: int = field(default=2, metadata={
+        "help": "Shards in flight (threads, or local Dask workers). One engine per process serves them in turn."})
+    dask_address: str | None = field(default=None, metadata={
+        "help": "Address of an existing Dask scheduler (or Ray cluster) to run shards on."})
     # storage
     warehouse: str = field(default="./distill-data", metadata={"help": "Warehouse root folder."})
     shard_size: int = field(default=8, metadata={"help": "Problems per shard (one part file, one resume unit)."})
@@ -91,7 +98,9 @@ class Recipe:
         def bad(key, expected):
             raise RecipeError(f"recipe key {key!r}: expected {expected}, got {getattr(self, key)!r}")
 
-        for key in ("n", "max_tokens", "shard_size", "tensor_parallel_size", "verify_workers"):
+        if self.task_runner not in ("threads", "dask", "ray"):
+            bad("task_runner", "threads, dask or ray")
+        for key in ("n", "max_tokens", "shard_size", "tensor_parallel_size", "verify_workers", "parallel_shards"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, "a whole number >= 1")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):

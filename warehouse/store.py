@@ -91,7 +91,7 @@ class Warehouse:
         # The part is renamed into place last, so its presence means the shard finished.
         return self.part_path(run_id, shard).exists()
 
-    def part_missing(self, run_id: str, shard: int) -> int | None:
+    def part_missing(self, run_id: str, shard: int, key: str | None = None) -> int | None:
         """None if the shard has no part; else how many samples it still lacks (0 = done).
 
         A part can be short when a backend gave up on some samples (a dead server): it keeps the
@@ -101,18 +101,26 @@ class Warehouse:
         if not path.exists():
             return None
         meta = pq.read_metadata(path)
-        expected = (meta.metadata or {}).get(b"distill.expected")
+        info = meta.metadata or {}
+        expected = info.get(b"distill.expected")
+        if key is not None and info.get(b"distill.shard_key", key.encode()) != key.encode():
+            return max(1, int(expected or 0) - meta.num_rows)  # the shard's problems changed
         return max(0, int(expected) - meta.num_rows) if expected else 0
 
     def read_part(self, run_id: str, shard: int) -> list[Trace]:
         return from_table(pq.read_table(self.part_path(run_id, shard)))
 
-    def write_part(self, run_id: str, shard: int, traces: list[Trace], expected: int | None = None) -> Path:
-        """Write one shard's traces atomically (see write_table); `expected` = samples the shard should
-        hold, when fewer were written (a backend gave up on some)."""
+    def write_part(self, run_id: str, shard: int, traces: list[Trace], expected: int | None = None,
+                   key: str | None = None) -> Path:
+        """Write one shard's traces atomically (see write_table). `expected`: samples the shard should
+        hold (fewer are written when a backend gave up on some); `key`: which problems it is made of."""
         table = to_table(traces)
+        meta = dict(table.schema.metadata or {})
         if expected is not None:
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"distill.expected": str(expected)})
+            meta[b"distill.expected"] = str(expected)
+        if key is not None:
+            meta[b"distill.shard_key"] = key
+        table = table.replace_schema_metadata(meta)
         return self.write_table(run_id, shard, table)
 
     def write_table(self, run_id: str, shard: int, table: pa.Table) -> Path:
