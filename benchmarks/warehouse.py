@@ -193,6 +193,7 @@ def make_shard(rng: np.random.Generator, corpus: pa.Buffer, run: int, shard: int
     cols["created_at"] = pa.array(base_us + np.sort(rng.integers(0, 3_600_000_000, n)), pa.int64()).cast(
         SCHEMA.field("created_at").type)
     cols["schema_version"] = pa.array(np.full(n, SCHEMA_VERSION), pa.int16())
+    cols["cost_usd"] = pa.array(np.round(rng.random(n) * 0.01, 6), pa.float64())
 
     missing = [f.name for f in SCHEMA if f.name not in cols]
     if missing:  # a column added to SCHEMA after this benchmark was written: nulls, and say so once
