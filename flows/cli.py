@@ -223,13 +223,17 @@ def sql(
     elif fmt == "json":
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, ensure_ascii=False, indent=1))
     else:
-        table = Table(show_header=True)
-        for c in cols:
-            table.add_column(c)
-        for r in rows:
-            table.add_row(*["NULL" if v is None else str(v) for v in r])
-        out.print(table)
+        print_rows(cols, rows, null="NULL")
         err.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+def print_rows(cols: list[str], rows: list[tuple], null: str = "") -> None:
+    table = Table(show_header=True)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[null if v is None else str(v) for v in r])
+    out.print(table)
 
 
 @app.command()
@@ -246,12 +250,7 @@ def runs(warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", h
             "FROM runs r LEFT JOIN funnel f USING (run_id) ORDER BY r.started_at")
     except FileNotFoundError as e:
         fail(str(e))
-    table = Table(show_header=True)
-    for c in cols:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*["" if v is None else str(v) for v in r])
-    out.print(table)
+    print_rows(cols, rows)
 
 
 @app.command()

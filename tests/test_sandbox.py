@@ -152,20 +152,7 @@ def test_writes_outside_the_sandbox_fail(tmp_path):
     targets = [tmp_path / f"pwned-{tag}", Path(f"/tmp/distill-pwned-{tag}"), ROOT / f"pwned-{tag}",
                Path(f"/var/tmp/distill-pwned-{tag}"), Path(f"/dev/shm/distill-pwned-{tag}")]
     tmp_path.chmod(0o777)  # even a directory anyone may write to stays out of reach
-    source = f"""
-for path in {[str(t) for t in targets]!r}:
-    try:
-        open(path, "w").write("x")
-        print("WROTE", path)
-    except OSError as e:
-        print("refused", path, e.errno)
-"""
-    try:
-        r = run_python(source)
-        created = [t for t in targets if t.exists()]
-    finally:
-        for t in targets:
-            t.unlink(missing_ok=True)
+    r, created = attempt_writes(targets)
     assert r.ok and "WROTE" not in r.stdout and created == []
 
 
@@ -174,20 +161,7 @@ for path in {[str(t) for t in targets]!r}:
 def test_writes_to_the_project_and_root_owned_dirs_fail_without_namespaces(tmp_path):
     tag = secrets.token_hex(6)
     targets = [tmp_path / f"pwned-{tag}", ROOT / f"pwned-{tag}"]
-    source = f"""
-for path in {[str(t) for t in targets]!r}:
-    try:
-        open(path, "w").write("x")
-        print("WROTE", path)
-    except OSError as e:
-        print("refused", path, e.errno)
-"""
-    try:
-        r = run_python(source, namespaces=False)
-        created = [t for t in targets if t.exists()]
-    finally:
-        for t in targets:
-            t.unlink(missing_ok=True)
+    r, created = attempt_writes(targets, namespaces=False)
     assert r.ok and "WROTE" not in r.stdout and created == []
 
 
