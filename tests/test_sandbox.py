@@ -146,6 +146,24 @@ if os.fork() == 0:
     assert leftover == []
 
 
+def attempt_writes(targets, **kw):
+    """Run a program that tries to create each target; returns (result, the targets that now exist)."""
+    source = f"""
+for path in {[str(t) for t in targets]!r}:
+    try:
+        open(path, "w").write("x")
+        print("WROTE", path)
+    except OSError as e:
+        print("refused", path, e.errno)
+"""
+    try:
+        r = run_python(source, **kw)
+        return r, [t for t in targets if t.exists()]
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+
+
 @needs_ns
 def test_writes_outside_the_sandbox_fail(tmp_path):
     tag = secrets.token_hex(6)
