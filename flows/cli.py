@@ -320,6 +320,55 @@ def export(
         out.print(f"pushed → {url}", highlight=False)
 
 
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., "--model", help="Model to evaluate: an alias, a local path (e.g. a trained "
+                              "student) or a Hugging Face id."),
+    benchmark: str = typer.Option(..., "--benchmark", help="gsm8k | math500 | addition (shipped slices), or a "
+                                  "dataset file / Hub id."),
+    n: int = typer.Option(4, "--n", help="Samples per problem (pass@1 is averaged over them)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Votes for maj@k (default: n)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
+    backend: str = typer.Option("auto", "--backend", help="auto | vllm | transformers."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per sample."),
+    temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature."),
+    recipe: Optional[Path] = typer.Option(None, "--prompt-from", help="Use this recipe's system prompt and few-shot "
+                                          "turns (default: the bare question, zero-shot)."),
+    question_field: str = typer.Option("question", "--question-field", help="For a dataset file: question column."),
+    answer_field: str = typer.Option("answer", "--answer-field", help="For a dataset file: answer column."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Where the result is stored."),
+):
+    """Evaluate a model: pass@1 over n samples and maj@k, with the same verifier as the data; stores the result."""
+    from flows.recipe import RecipeError, load_recipe
+    from generators.base import BackendError
+    from generators.models import check_model_name
+    from generators.problems import ProblemError
+    from trainers.evaluate import benchmark_problems, evaluate, save
+    from warehouse.store import Warehouse
+
+    try:
+        if k is not None and not 1 <= k <= n:
+            raise ValueError(f"--k must be between 1 and --n ({n}), got {k}")
+        check_model_name(model)
+        rcp = load_recipe(recipe) if recipe else None
+        problems = benchmark_problems(benchmark, limit, question_field=question_field, answer_field=answer_field)
+        result = evaluate(model, benchmark, problems, n=n, k=k, backend=backend, max_tokens=max_tokens,
+                          temperature=temperature, system_prompt=rcp.system_prompt if rcp else None,
+                          few_shot=rcp.few_shot if rcp else None)
+    except (RecipeError, ProblemError, BackendError, ValueError) as e:
+        fail(str(e))
+    path = save(result, warehouse)
+    Warehouse(warehouse).refresh()
+    table = Table(title=f"{model} on {benchmark} ({result.problems} problems, n={result.n})", show_header=True)
+    for c in ("metric", "value", "95% CI"):
+        table.add_column(c)
+    table.add_row("pass@1", f"{result.pass_at_1:.3f}", f"{result.pass_at_1_ci[0]:.3f}–{result.pass_at_1_ci[1]:.3f}")
+    table.add_row(f"maj@{result.k}", f"{result.maj_at_k:.3f}", f"{result.maj_at_k_ci[0]:.3f}–{result.maj_at_k_ci[1]:.3f}")
+    table.add_row("answers boxed", f"{result.boxed_rate:.3f}", "")
+    out.print(table)
+    err.print(f"stored: {path} (distill sql \"select * from evals\")", highlight=False)
+
+
 def read_stdin(what: str) -> str:
     data = sys.stdin.buffer.read()
     try:

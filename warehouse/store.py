@@ -199,6 +199,13 @@ class Warehouse:
                 con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
                 for name in ("accepted", "funnel", "pass_rates", "problems", "filter_funnel"):
                     con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
+                if any((self.root / "evals").glob("*.json")):
+                    evals = _sql_list([str(self.root / "evals" / "*.json")])
+                    con.execute(f"CREATE OR REPLACE VIEW evals AS SELECT eval_id, model, benchmark, problems, n, k, "
+                                f"pass_at_1, pass_at_1_ci, maj_at_k, maj_at_k_ci, boxed_rate, created_at "
+                                f"FROM read_json({evals}, union_by_name = true, format = 'auto')")
+                else:
+                    con.execute("CREATE OR REPLACE VIEW evals AS SELECT NULL::VARCHAR AS eval_id WHERE false")
                 if runs:
                     con.execute(f"CREATE OR REPLACE VIEW runs AS {VIEWS['runs'].format(runs=_sql_list(runs))}")
                 else:

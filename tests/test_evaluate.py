@@ -1,0 +1,48 @@
+import pytest
+
+from tests.conftest import run_cli
+from trainers.evaluate import benchmark_problems, majority, mean_ci
+from warehouse.store import Warehouse
+
+
+def test_majority_takes_the_most_common_answer():
+    assert majority([("7", True), ("8", False), ("7", True), (None, False)]) is True
+    assert majority([("8", False), ("8", False), ("7", True)]) is False
+
+
+def test_majority_tie_goes_to_the_first_seen_and_no_votes_is_wrong():
+    assert majority([("8", False), ("7", True)]) is False
+    assert majority([(None, False), (None, None)]) is False
+
+
+def test_mean_ci_brackets_the_mean():
+    m, (lo, hi) = mean_ci([1.0, 0.0, 1.0, 1.0])
+    assert m == 0.75 and 0.0 <= lo < m < hi <= 1.0
+    assert mean_ci([1.0]) == (1.0, (1.0, 1.0))
+
+
+def test_shipped_benchmarks_load():
+    assert len(benchmark_problems("math500", limit=5)) == 5
+    assert benchmark_problems("gsm8k", limit=1)[0].reference == "18"
+    held_out = {p.question for p in benchmark_problems("addition")}
+    from generators.problems import load_problems
+
+    train = {p.question for p in load_problems("builtin:addition", options={"count": 48, "digits": [1, 2], "seed": 0})}
+    assert len(held_out & train) < len(held_out) // 4  # mostly unseen problems
+
+
+def test_eval_on_the_real_model_stores_a_consistent_result(tmp_path):
+    proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--limit", "3", "--n", "2",
+                   "--backend", "transformers", "--max-tokens", "24", "--prompt-from", "recipes/default.yaml",
+                   "--warehouse", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pass@1" in proc.stdout and "maj@2" in proc.stdout
+    (p1, n, problems), = Warehouse(tmp_path).query("select pass_at_1, n, problems from evals")[1]
+    assert (n, problems) == (2, 3) and 0.0 <= p1 <= 1.0
+    assert p1 * 6 == pytest.approx(round(p1 * 6))  # a whole number of correct samples out of 6
+
+
+def test_eval_bad_k_is_one_line(tmp_path):
+    proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--n", "2", "--k", "3",
+                   "--warehouse", str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and "--k must be between 1 and --n (2)" in proc.stderr

@@ -1,0 +1,125 @@
+"""Evaluation: pass@1 averaged over n samples, and maj@k (self-consistency voting), with the verifiers
+the data was filtered with. Results go to `<warehouse>/evals/<eval_id>.json` (the `evals` view).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from generators import make_generator, pick_backend
+from generators.base import SamplingConfig, build_messages
+from generators.models import resolve_model
+from generators.problems import Problem, load_problems
+from verifiers import Verdict, verify_batch
+
+# Benchmarks by name: files that ship with distill (recipes/data) or a built-in task. Anything else
+# given to --benchmark is read as a dataset (file or Hub id) with --question-field/--answer-field.
+DATA = Path(__file__).resolve().parents[1] / "recipes" / "data"
+BENCHMARKS = {
+    "gsm8k": {"dataset": str(DATA / "gsm8k-test-50.jsonl"), "question_field": "question", "answer_field": "answer"},
+    "math500": {"dataset": str(DATA / "math500-test-50.jsonl"), "question_field": "problem", "answer_field": "answer"},
+    # held out from the default recipe's problems (seed 0): another seed, and two-digit sums only
+    "addition": {"dataset": "builtin:addition", "options": {"count": 40, "digits": [1, 2], "seed": 1}},
+}
+
+
+@dataclass
+class EvalResult:
+    eval_id: str
+    model: str
+    benchmark: str
+    problems: int
+    n: int
+    k: int
+    pass_at_1: float
+    pass_at_1_ci: tuple[float, float]
+    maj_at_k: float
+    maj_at_k_ci: tuple[float, float]
+    boxed_rate: float
+    per_problem: list[dict]
+
+
+def majority(votes: list[tuple[str | None, bool | None]]) -> bool | None:
+    """maj@k for one problem: the most common extracted answer (first seen wins a tie) and its verdict.
+
+    `votes` are (extracted answer, correct) per sample; samples with no answer do not vote. No votes:
+    False. The winning answer's verdict is that of its first sample (equal answers, equal verdicts).
+    """
+    answers = [a for a, _ in votes if a is not None]
+    if not answers:
+        return False
+    counts = Counter(answers)
+    best = max(counts.values())
+    winner = next(a for a in answers if counts[a] == best)
+    return next(c for a, c in votes if a == winner)
+
+
+def mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
+    """Mean over problems and a 95% normal-approximation interval (problems are the sample unit)."""
+    if not values:
+        return 0.0, (0.0, 0.0)
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, (m, m)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    half = 1.96 * sd / math.sqrt(len(values))
+    return m, (max(0.0, m - half), min(1.0, m + half))
+
+
+def benchmark_problems(benchmark: str, limit: int | None = None, split: str = "test",
+                       question_field: str = "question", answer_field: str = "answer") -> list[Problem]:
+    spec = BENCHMARKS.get(benchmark)
+    if spec:
+        return load_problems(spec["dataset"], question_field=spec.get("question_field", "question"),
+                             answer_field=spec.get("answer_field", "answer"), options=spec.get("options"),
+                             limit=limit)
+    return load_problems(benchmark, split=split, question_field=question_field, answer_field=answer_field,
+                         limit=limit)
+
+
+def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4, k: int | None = None,
+             backend: str = "auto", temperature: float = 0.6, top_p: float = 0.95, max_tokens: int = 256,
+             seed: int = 0, system_prompt: str | None = None, few_shot: list | None = None,
+             verifier: str = "math", generator=None) -> EvalResult:
+    k = k or n
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and n={n}, got {k}")
+    if generator is None:
+        generator = make_generator(pick_backend(backend), resolve_model(model), seed=seed)
+    prompts = [build_messages(p.question, system_prompt, few_shot) for p in problems]
+    outs = generator.generate(prompts, SamplingConfig(n=n, temperature=temperature, top_p=top_p,
+                                                      max_tokens=max_tokens, seed=seed))
+    pairs = [(s.text, p.reference) for p, samples in zip(problems, outs) for s in samples]
+    verdicts: list[Verdict] = verify_batch(verifier, pairs)
+    per_problem, i = [], 0
+    for p, samples in zip(problems, outs):
+        vs = verdicts[i:i + len(samples)]
+        i += len(samples)
+        per_problem.append({
+            "problem_id": p.problem_id, "correct": sum(1 for v in vs if v.correct),
+            "samples": len(vs), "maj": bool(majority([(v.extracted, v.correct) for v in vs[:k]])),
+            "boxed": sum(1 for s in samples if "\\boxed" in s.text),
+        })
+    p1, p1_ci = mean_ci([r["correct"] / r["samples"] for r in per_problem])
+    mk, mk_ci = mean_ci([float(r["maj"]) for r in per_problem])
+    boxed = sum(r["boxed"] for r in per_problem) / max(1, sum(r["samples"] for r in per_problem))
+    key = json.dumps([model, benchmark, n, k, temperature, top_p, max_tokens, seed, system_prompt, few_shot,
+                      [p.problem_id for p in problems]], sort_keys=True, default=str)
+    eval_id = f"eval-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return EvalResult(eval_id, model, benchmark, len(problems), n, k, p1, p1_ci, mk, mk_ci, boxed, per_problem)
+
+
+def save(result: EvalResult, root: str | Path) -> Path:
+    path = Path(root) / "evals" / f"{result.eval_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**result.__dict__, "created_at": datetime.now(timezone.utc).isoformat(), "timestamp": time.time()}
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(record, indent=1, default=list))
+    tmp.replace(path)
+    return path
