@@ -320,6 +320,29 @@ def export(
         out.print(f"pushed → {url}", highlight=False)
 
 
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Training recipe YAML, e.g. recipes/train-default.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a training key: --set max_steps=20 (repeatable)."),
+):
+    """Fine-tune a student on distilled traces (TRL SFT; full or LoRA; loss on the assistant's tokens)."""
+    from flows.recipe import RecipeError, parse_set
+    from generators.base import BackendError
+    from trainers.sft import TrainError, load_train_config, train as do_train
+    from warehouse.export import ExportError
+
+    try:
+        cfg = load_train_config(recipe, parse_set(set_))
+        result = do_train(cfg)
+    except (TrainError, RecipeError, ExportError, BackendError, FileNotFoundError) as e:
+        fail(str(e))
+    losses = result["losses"]
+    out.print(f"trained {result['global_step']} steps on {result['examples']} examples"
+              + (f"; loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else "")
+              + f"; model in {result['output_dir']}", highlight=False)
+    out.print(f"evaluate it: distill eval --model {result['output_dir']} --benchmark addition", highlight=False)
+
+
 @app.command("eval")
 def eval_(
     model: str = typer.Option(..., "--model", help="Model to evaluate: an alias, a local path (e.g. a trained "

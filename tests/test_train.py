@@ -1,0 +1,57 @@
+"""SFT on the real embedded model: loss goes down, a checkpoint reloads and generates, resume continues."""
+import pytest
+
+from tests.conftest import run_cli
+from tests.test_export import wh_dir  # noqa: F401  (the fixture: a small warehouse of literal traces)
+from trainers.sft import TrainConfig, TrainError, load_train_config, to_prompt_completion, train
+
+
+def test_rows_become_prompt_and_completion():
+    row = {"messages": [{"role": "user", "content": "What is 1 + 1?"},
+                        {"role": "assistant", "content": "<think>\n1+1=2\n</think>\n\n\\boxed{2}"}]}
+    pc = to_prompt_completion(row)
+    assert pc["prompt"] == row["messages"][:1] and pc["completion"] == row["messages"][1:]
+
+
+def test_full_finetune_lowers_loss_then_resumes_and_generates(wh_dir, tmp_path):  # noqa: F811
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "student"
+    cfg = TrainConfig(data="warehouse", warehouse=str(wh_dir), output_dir=str(out), max_steps=4,
+                      per_device_train_batch_size=4, learning_rate=1e-4, logging_steps=1, save_steps=2, max_length=128)
+    result = train(cfg)
+    assert result["global_step"] == 4 and result["examples"] == 12
+    assert result["losses"][-1] < result["losses"][0]
+    assert (out / "checkpoint-4").is_dir()
+
+    resumed = train(TrainConfig(**{**cfg.__dict__, "max_steps": 6, "resume": True}))
+    # the history of steps 1-4 came back from the checkpoint; only steps 5 and 6 were trained
+    assert resumed["global_step"] == 6 and resumed["losses"][:4] == result["losses"]
+
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert gen.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_lora_saves_an_adapter(wh_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "lora"
+    result = train(TrainConfig(data="warehouse", warehouse=str(wh_dir), output_dir=str(out), lora=True, max_steps=2,
+                               per_device_train_batch_size=4, logging_steps=1, max_length=128))
+    assert result["global_step"] == 2 and (out / "adapter_config.json").exists()
+
+
+def test_unknown_training_key_is_clear(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("lr: 0.1\n")
+    with pytest.raises(TrainError, match="unknown key 'lr'"):
+        load_train_config(path)
+
+
+def test_cli_missing_data_is_one_line(tmp_path):
+    proc = run_cli("train", "recipes/train-default.yaml", "--set", f"data={tmp_path / 'none'}", timeout=120)
+    assert proc.returncode == 2 and "training data not found" in proc.stderr
