@@ -65,11 +65,9 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
             raise TrainError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
     data.update(overrides or {})
     cfg = TrainConfig(**data)
-    # paths in the recipe are relative to the recipe's folder when they exist there
-    for key in ("data", "warehouse"):
-        value = getattr(cfg, key)
-        if value != "warehouse" and not Path(value).is_absolute() and (path.parent / value).exists():
-            setattr(cfg, key, str(path.parent / value))
+    # an export folder named in the recipe may sit beside it; other paths are relative to the working directory
+    if cfg.data != "warehouse" and not Path(cfg.data).is_absolute() and (path.parent / cfg.data).exists():
+        cfg.data = str(path.parent / cfg.data)
     return cfg
 
 
