@@ -71,7 +71,7 @@ def make_teacher(recipe: Recipe, backend: str):
         return make_generator("openai", recipe.model, api_base=recipe.api_base, api_key_env=recipe.api_key_env,
                               api_mode=recipe.api_mode, concurrency=recipe.concurrency,
                               request_timeout=recipe.request_timeout, max_retries=recipe.max_retries,
-                              seed=recipe.seed, tokenizer=recipe.tokenizer)
+                              seed=recipe.seed, tokenizer=recipe.tokenizer, send_seed=recipe.api_send_seed)
     return make_generator(backend, resolve_model(recipe.model), dtype=recipe.dtype,
                           max_model_len=recipe.max_model_len, seed=recipe.seed,
                           gpu_memory_utilization=recipe.gpu_memory_utilization,
@@ -190,15 +190,15 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
                    for p in group]
         sampling = sampling_for(recipe)
         sampling.n = k
+        indices = [missing[p.problem_id] for p in group]  # backends that seed per sample use them
         if backend == "openai":  # a server batches requests itself; the backend caps them
             g0 = time.perf_counter()
-            samples = teacher.generate(prompts, sampling)
+            samples = teacher.generate(prompts, sampling, indices=indices)
         else:
             with engine_lock:  # time spent waiting for the engine is not generation time
                 g0 = time.perf_counter()
-                samples = teacher.generate(prompts, sampling)
+                samples = teacher.generate(prompts, sampling, indices=indices)
         gen_s += time.perf_counter() - g0
-        indices = [missing[p.problem_id] for p in group]
         new += build_traces(run_id, recipe, backend, group, prompts, samples, indices)
         failures += [{"problem_id": p.problem_id, "sample_index": i, "error": s.error}
                      for p, idx, outs in zip(group, indices, samples) for i, s in zip(idx, outs)

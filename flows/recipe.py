@@ -35,7 +35,9 @@ class Recipe:
     # teacher
     model: str = field(default="smollm2-135m", metadata={
         "help": "Teacher: an alias (smollm2-135m, the embedded default), a Hugging Face id or a local path."})
-    backend: str = field(default="auto", metadata={"help": "auto | vllm | transformers. auto = vllm if installed."})
+    backend: str = field(default="auto", metadata={
+        "help": "auto | vllm | transformers | openai. auto = openai when api_base is set, else vllm if installed, "
+                "else transformers."})
     dtype: str = field(default="bfloat16", metadata={"help": "Weights dtype for the teacher."})
     max_model_len: int | None = field(default=None, metadata={"help": "vLLM context length (prompt + output)."})
     gpu_memory_utilization: float | None = field(default=None, metadata={
@@ -51,6 +53,8 @@ class Recipe:
     tokenizer: str | None = field(default=None, metadata={
         "help": "backend openai, api_mode completions: alias, path or id whose chat template builds the prompt "
                 "(default: model)."})
+    api_send_seed: bool = field(default=True, metadata={
+        "help": "backend openai: send a per-sample seed (turn off for servers that reject or crash on seeds)."})
     concurrency: int = field(default=16, metadata={"help": "backend openai: requests in flight at once."})
     request_timeout: float = field(default=600.0, metadata={
         "help": "backend openai: seconds per request (long CoT takes minutes)."})

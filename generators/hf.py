@@ -23,7 +23,9 @@ class TransformersGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.seed, self.batch_size = seed, batch_size
 
-    def generate(self, conversations: list[list[dict]], sampling: SamplingConfig) -> list[list[Sample]]:
+    def generate(self, conversations: list[list[dict]], sampling: SamplingConfig,
+                 indices: list[list[int]] | None = None) -> list[list[Sample]]:
+        # `indices` (each sample's index, for per-sample seeds) is unused: this engine seeds globally
         import torch
 
         torch.manual_seed(self.seed)

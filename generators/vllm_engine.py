@@ -48,7 +48,9 @@ class VLLMGenerator:
             seed=seed,
         )
 
-    def generate(self, conversations: list[list[dict]], sampling: SamplingConfig) -> list[list[Sample]]:
+    def generate(self, conversations: list[list[dict]], sampling: SamplingConfig,
+                 indices: list[list[int]] | None = None) -> list[list[Sample]]:
+        # `indices` (each sample's index, for per-sample seeds) is unused: this engine seeds globally
         from vllm import SamplingParams
 
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,

