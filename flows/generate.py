@@ -5,14 +5,13 @@ whose part holds all its samples is done: a rerun of the same recipe skips it an
 is missing. Shards are Prefect tasks on the recipe's task runner (threads, Dask or Ray); each
 process keeps one teacher engine, used by one shard at a time, while other shards verify and write.
 """
-from __future__ import annotations
-
 import hashlib
 import platform
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -341,4 +340,27 @@ def summary_artifact(wh: Warehouse, run: dict) -> None:
 
 def run_generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command: str | None = None) -> dict:
     """The flow on the recipe's task runner."""
-    return generate.with_options(task_runner=task_runner_for(recipe))(recipe, run_id, base_dir, command)
+    with _api_for_workers(recipe):
+        return generate.with_options(task_runner=task_runner_for(recipe))(recipe, run_id, base_dir, command)
+
+
+@contextmanager
+def _api_for_workers(recipe: Recipe):
+    """Shard task runs in local Dask/Ray worker processes report to the flow's Prefect API.
+
+    With no PREFECT_API_URL the flow's temporary server is known to this process only, and the task
+    runner hands this process's settings to the workers: each worker would start a temporary server
+    of its own (~15 s each, its task runs invisible to the flow's, left running when the worker is
+    killed). Start the temporary server here and name it in the settings the workers get.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if recipe.task_runner == "threads" or recipe.dask_address or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the per-process temporary server the flow would start anyway
+    server.start()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield

@@ -6,6 +6,7 @@ does not parse): None is never counted as wrong.
 from __future__ import annotations
 
 import importlib
+import multiprocessing.util
 import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -69,8 +70,21 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     """One pool per size for the life of the process: a run verifies many shards, and starting
     spawned workers (each importing sympy) costs about a second."""
     if workers not in _POOLS:
+        if not _POOLS:
+            # Shut the pools down when this process exits, before multiprocessing joins its children
+            # (and before the pools' own queue finalizers, priority 10, stop their feeder threads). In
+            # a multiprocessing child such as a Dask worker that join comes before concurrent.futures'
+            # exit hook: idle pool workers would wait for work forever, Dask's nanny would kill the
+            # worker after 4 s and the pool workers would be left orphaned, for good.
+            multiprocessing.util.Finalize(None, _shutdown_pools, exitpriority=100)
         _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
     return _POOLS[workers]
+
+
+def _shutdown_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=True, cancel_futures=True)
+    _POOLS.clear()
 
 
 def verify_batch(name: str, pairs: list[tuple[str, str]], workers: int = 2, chunk: int = 64) -> list[Verdict]:
