@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
-_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
 SCHEMA = pa.schema(
     [
@@ -31,7 +31,7 @@ SCHEMA = pa.schema(
         # problem
         ("source", pa.string()),
         ("domain", pa.string()),
-        ("prompt", pa.list_(_MESSAGE)),
+        ("prompt", pa.list_(MESSAGE)),
         ("reference", pa.string()),
         # generation
         ("teacher", pa.string()),
