@@ -221,7 +221,7 @@ class Warehouse:
             try:
                 self.refresh()
             except duckdb.IOException:
-                pass  # another process holds the catalog: its views are as current as ours
+                pass  # e.g. a full or read-only disk: the existing catalog still answers, if older
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         if not self.catalog_path.exists():
