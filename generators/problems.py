@@ -52,9 +52,14 @@ def addition(count: int = 40, digits: list[int] | int = (1, 2), seed: int = 0) -
         raise ProblemError(f"builtin:addition: digits must be between 1 and 6, got {digits}")
     rng = random.Random(seed)
     seen, out = set(), []
-    space = sum(9 * 10 ** (d - 1) * 10 ** d for d in digits)
-    if count > space:
-        raise ProblemError(f"builtin:addition: only {space} distinct problems with digits={digits}, asked {count}")
+    # Problems cycle through `digits`, so each digit count must have room for its share.
+    for d in dict.fromkeys(digits):
+        lo = 0 if d == 1 else 10 ** (d - 1)
+        space = (10**d - lo) ** 2
+        share = sum(1 for j in range(count) if digits[j % len(digits)] == d)
+        if share > space:
+            raise ProblemError(f"builtin:addition: only {space} distinct {d}-digit problems, asked {share} "
+                               f"(count={count}, digits={digits})")
     while len(out) < count:
         d = digits[len(out) % len(digits)]
         lo = 0 if d == 1 else 10 ** (d - 1)

@@ -109,3 +109,10 @@ def test_dataset_folder_goes_through_the_datasets_library(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [GSM8K_ROW])
     p = load_problems(str(tmp_path), split="train")[0]
     assert p.reference == "7" and p.source == tmp_path.name
+
+
+def test_builtin_addition_refuses_more_problems_than_a_digit_count_has():
+    # one-digit sums have 100 distinct problems; 300 cycling through [1, 2] asks 150 of them (this hung before)
+    with pytest.raises(ProblemError, match="only 100 distinct 1-digit problems, asked 150"):
+        addition(count=300, digits=[1, 2])
+    assert len(addition(count=200, digits=[1, 2])) == 200
