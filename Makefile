@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/distill run recipes/default.yaml
 
+# tests/test_report.py renders the HTML report in a real headless browser: Debian's chromium
 test: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -321,6 +322,65 @@ def export(
 
 
 @app.command()
+def journeys(
+    run_id: str = typer.Argument(..., help="Run whose samples to build journeys from (see `distill runs`)."),
+    mode: str = typer.Option("template", "--mode", help="template (reflection + a correct sample) | teacher (the "
+                             "run's teacher continues each wrong path; kept if the continuation verifies)."),
+    max_wrong: Optional[int] = typer.Option(None, "--max-wrong", help="Most wrong branches per journey "
+                                            "(default: the run's recipe, journey_max_wrong)."),
+    per_problem: Optional[int] = typer.Option(None, "--per-problem", help="Most journeys per problem "
+                                              "(default: the run's recipe, journey_per_problem)."),
+    journey_recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the journey_* keys (prompt, worked "
+                                                  "corrections, caps) from this recipe instead of the run's."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+):
+    """Build journey rows (kind = journey: a wrong path, noticed, then a right one) from a run's samples."""
+    from flows.journey import JourneyError, build_journeys, recipe_of_run
+    from flows.recipe import RecipeError
+    from generators.base import BackendError
+
+    try:
+        if (max_wrong is not None and max_wrong < 1) or (per_problem is not None and per_problem < 1):
+            raise JourneyError("--max-wrong and --per-problem must be >= 1")
+        rcp = recipe_of_run(warehouse, run_id)
+        if journey_recipe:
+            from flows.recipe import load_recipe
+
+            other = load_recipe(journey_recipe)
+            rcp = dataclasses.replace(rcp, **{k: getattr(other, k) for k in rcp.to_dict() if k.startswith("journey_")})
+        stats = build_journeys(rcp, run_id, mode, max_wrong=max_wrong, per_problem=per_problem)
+    except (JourneyError, RecipeError, BackendError, FileNotFoundError) as e:
+        fail(str(e))
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected"].items())) or "none"
+    out.print(f"{mode} journeys for {run_id}: {stats['journeys']} built, {stats['kept']} kept over "
+              f"{stats['problems_kept']} problems (rejected: {rejected}) in {stats['seconds']} s", highlight=False)
+    out.print(f"see them: distill sql \"select * from journeys\"; train on them: distill export --variant journey",
+              highlight=False)
+
+
+@app.command()
+def pipeline(
+    recipe: Path = typer.Argument(..., help="Pipeline recipe YAML, e.g. recipes/pipeline-default.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a pipeline key: --set eval_n=8 (repeatable)."),
+):
+    """Generate → journeys → export → train students → evaluate base vs students on held-out problems."""
+    from flows.pipeline import run_pipeline
+    from flows.recipe import RecipeError, parse_set
+    from generators.base import BackendError
+    from generators.problems import ProblemError
+    from trainers.sft import TrainError
+    from warehouse.export import ExportError
+
+    try:
+        summary = run_pipeline(recipe, parse_set(set_))
+    except (RecipeError, TrainError, ExportError, BackendError, ProblemError, FileNotFoundError) as e:
+        fail(str(e))
+    from flows.pipeline import results_markdown
+
+    out.print(results_markdown(summary), highlight=False, markup=False)
+
+
+@app.command()
 def train(
     recipe: Path = typer.Argument(..., help="Training recipe YAML, e.g. recipes/train-default.yaml."),
     set_: list[str] = typer.Option([], "--set", help="Override a training key: --set max_steps=20 (repeatable)."),
@@ -441,6 +501,51 @@ def score(
     value = f.score(trace)
     kept, reason = f.decide(value)
     print(json.dumps({"score": value, "kept": kept, "reason": reason}))
+
+
+def write_page(warehouse: Path, what: str, render) -> None:
+    """Bring the views up to date, render, and say where the page went; bad run ids are one line."""
+    import duckdb
+
+    from warehouse.report import ReportError
+    from warehouse.store import Warehouse
+
+    try:
+        Warehouse(warehouse).refresh_if_writable()
+        path = render()
+    except (ReportError, FileNotFoundError) as e:
+        fail(str(e))
+    except duckdb.Error as e:
+        fail(f"the warehouse at {warehouse} cannot be read: {str(e).splitlines()[0]}")
+    out.print(f"{what} → {path}", highlight=False)
+
+
+@app.command()
+def report(
+    run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+):
+    """One run as a self-contained HTML page (no network needed to view it): summary, funnel, reasoning
+    lengths, pass rates, language consistency, duplicates, decontamination, tokens and cost, throughput,
+    and sample traces. `distill run` writes the same page to <warehouse>/reports/RUN_ID.html."""
+    from warehouse.report import write_report
+
+    write_page(warehouse, "report", lambda: write_report(warehouse, run_id, out_path))
+
+
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="The first run id (A)."),
+    run_b: str = typer.Argument(..., help="The second run id (B), e.g. another teacher or temperature."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    out_path: Path = typer.Option(Path("compare.html"), "--out", help="HTML file to write."),
+):
+    """Two runs side by side on one self-contained HTML page: the report's figures for each, and the
+    summary in two columns with the difference B − A."""
+    from warehouse.report import write_compare
+
+    write_page(warehouse, "comparison", lambda: write_compare(warehouse, run_a, run_b, out_path))
 
 
 def main() -> None:

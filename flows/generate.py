@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.cache_policies import NO_CACHE
@@ -135,6 +135,16 @@ def teacher_for(recipe: Recipe, backend: str, timings: dict) -> tuple[object, th
             _TEACHERS[key] = (make_teacher(recipe, backend), threading.Lock())
             timings["model_load"] = time.perf_counter() - t0
         return _TEACHERS[key]
+
+
+def release_teachers() -> None:
+    """Stop this process's teacher engines (before training or evaluating other models here)."""
+    with _CACHE_LOCK:
+        teachers = [t for t, _ in _TEACHERS.values()]
+        _TEACHERS.clear()
+    for t in teachers:
+        if hasattr(t, "close"):
+            t.close()
 
 
 def filters_for(recipe: Recipe, run_id: str, base_dir: Path | None) -> tuple[list, threading.Lock]:
@@ -276,6 +286,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     todo = [i for i in range(len(shards))
             if wh.part_missing(run_id, i, shard_key(shards[i], recipe.n)) != 0]
     backend = backend_for(recipe)
+    previous = wh.read_run(run_id) or {}
     run = {
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
         "status": "running", "started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None,
@@ -317,6 +328,14 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         timings["wall"] = time.time() - started
         wh.write_run(run)
         wh.refresh()
+    if recipe.journey:  # from the stored samples, so a resumed run builds them from all of its samples
+        from flows.journey import journeys_task  # flows.journey uses this module's teacher cache
+
+        done = (previous.get("journeys") or {}).get(recipe.journey)
+        if todo or not done or not wh.journey_path(run_id, recipe.journey).exists():
+            done = journeys_task(recipe, run_id)
+        run.setdefault("journeys", {})[recipe.journey] = done
+        wh.write_run(run)
     summary_artifact(wh, run)
     return run
 
@@ -334,6 +353,12 @@ def summary_artifact(wh: Warehouse, run: dict) -> None:
           f"→ kept {f.get('kept', 0)}; {f.get('completion_tokens') or 0:,} tokens at {rate:,.0f} tokens/s", "",
           "| step | in | dropped | kept |", "|---|---:|---:|---:|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in steps],
           "", "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.1f} |" for k, v in sorted(t.items())]]
+    try:  # the HTML report, <warehouse>/reports/<run_id>.html: a view of the run, never a reason to fail it
+        from warehouse.report import publish
+
+        md += ["", "## Report", "", publish(wh.root, run["run_id"])]
+    except Exception as e:
+        get_run_logger().warning(f"no HTML report for run {run['run_id']}: {type(e).__name__}: {e}")
     key = "funnel-" + "".join(c if c.isalnum() else "-" for c in run["run_id"].lower())
     create_markdown_artifact(markdown="\n".join(md), key=key[:100], description=f"distill run {run['run_id']}")
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from warehouse.journey import TEACHER_PROMPT
+
 
 class RecipeError(ValueError):
     """A recipe that cannot run: unknown key, bad value, missing file."""
@@ -86,6 +88,19 @@ class Recipe:
         "help": "Drop problems whose pass rate (correct / samples) is below this (too hard)."})
     pass_rate_max: float | None = field(default=None, metadata={
         "help": "Drop problems whose pass rate is above this (too easy)."})
+    # journey learning data
+    journey: str | None = field(default=None, metadata={
+        "help": "After sampling, build journey rows (a wrong path, noticed, then a right one): null | template "
+                "(a reflection grounded in the verifier's finding, then a correct sample) | teacher (the teacher is "
+                "shown the wrong path and continues; kept only if the continuation verifies)."})
+    journey_max_wrong: int = field(default=2, metadata={
+        "help": "Most wrong branches in one journey (teacher: rounds of asking again after a wrong continuation)."})
+    journey_per_problem: int = field(default=2, metadata={"help": "Most journeys started per problem."})
+    journey_prompt: str = field(default=TEACHER_PROMPT, metadata={
+        "help": "teacher mode: the user turn showing the wrong path; {question} and {attempt} are replaced."})
+    journey_few_shot: list = field(default_factory=list, metadata={
+        "help": "teacher mode: worked corrections shown first, a list of {question, attempt, answer} (the answer "
+                "continues the attempt: reasoning, </think>, final answer)."})
     verify_workers: int = field(default=2, metadata={"help": "Processes for verification of large batches."})
     # execution
     task_runner: str = field(default="threads", metadata={
@@ -131,6 +146,16 @@ class Recipe:
         for key in ("concurrency", "max_retries"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < (1 if key == "concurrency" else 0):
                 bad(key, "a whole number >= " + ("1" if key == "concurrency" else "0"))
+        if self.journey not in (None, "template", "teacher"):
+            bad("journey", "null, template or teacher")
+        for key in ("journey_max_wrong", "journey_per_problem"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "a whole number >= 1")
+        if "{attempt}" not in self.journey_prompt or "{question}" not in self.journey_prompt:
+            bad("journey_prompt", "a string containing {question} and {attempt}")
+        if not isinstance(self.journey_few_shot, list) or any(
+                not isinstance(s, dict) or set(s) != {"question", "attempt", "answer"} for s in self.journey_few_shot):
+            bad("journey_few_shot", "a list of {question: ..., attempt: ..., answer: ...}")
         if not isinstance(self.dataset_options, dict):
             bad("dataset_options", "a mapping")
         if not isinstance(self.filters, list):

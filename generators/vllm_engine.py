@@ -63,3 +63,16 @@ class VLLMGenerator:
              for c in o.outputs]
             for o in outputs
         ]
+
+    def close(self) -> None:
+        """Stop the engine and free its memory (its engine-core process, its KV cache)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()

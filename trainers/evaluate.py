@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tqdm import tqdm
+
 from generators import make_generator, pick_backend
 from generators.base import SamplingConfig, build_messages
 from generators.models import resolve_model
 from generators.problems import Problem, load_problems
 from verifiers import Verdict, verify_batch
+
+EVAL_BATCH = 32  # problems per generate call
 
 # Benchmarks by name: files that ship with distill (recipes/data) or a built-in task. Anything else
 # given to --benchmark is read as a dataset (file or Hub id) with --question-field/--answer-field.
@@ -60,16 +64,29 @@ def majority(votes: list[tuple[str | None, bool | None]]) -> bool | None:
     return next(c for a, c in votes if a == winner)
 
 
-def mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
-    """Mean over problems and a 95% normal-approximation interval (problems are the sample unit)."""
-    if not values:
-        return 0.0, (0.0, 0.0)
+def _mean_half_width(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% normal-approximation interval (problems are the sample unit)."""
     m = sum(values) / len(values)
     if len(values) < 2:
-        return m, (m, m)
+        return m, 0.0
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    half = 1.96 * sd / math.sqrt(len(values))
+    return m, 1.96 * sd / math.sqrt(len(values))
+
+
+def mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
+    """Mean over problems and a 95% interval, clipped to [0, 1]."""
+    if not values:
+        return 0.0, (0.0, 0.0)
+    m, half = _mean_half_width(values)
     return m, (max(0.0, m - half), min(1.0, m + half))
+
+
+def paired_diff_ci(a: list[float], b: list[float]) -> tuple[float, tuple[float, float]]:
+    """Mean of b - a over the same problems and its 95% interval (not clipped): a paired comparison."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired values must cover the same, non-empty set of problems")
+    m, half = _mean_half_width([y - x for x, y in zip(a, b)])
+    return m, (m - half, m + half)
 
 
 def benchmark_problems(benchmark: str, limit: int | None = None, split: str = "test",
@@ -90,11 +107,21 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
     k = k or n
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and n={n}, got {k}")
-    if generator is None:
+    own = generator is None
+    if own:
         generator = make_generator(pick_backend(backend), resolve_model(model), seed=seed)
     prompts = [build_messages(p.question, system_prompt, few_shot) for p in problems]
-    outs = generator.generate(prompts, SamplingConfig(n=n, temperature=temperature, top_p=top_p,
-                                                      max_tokens=max_tokens, seed=seed))
+    sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    outs = []
+    try:
+        # in batches, so the bar moves (with rate and ETA) on a terminal; quiet when not on one
+        with tqdm(total=len(prompts), desc=f"eval {Path(model).name}", unit="problem", disable=None) as bar:
+            for i in range(0, len(prompts), EVAL_BATCH):
+                outs += generator.generate(prompts[i:i + EVAL_BATCH], sampling)
+                bar.update(len(prompts[i:i + EVAL_BATCH]))
+    finally:
+        if own and hasattr(generator, "close"):
+            generator.close()  # an engine holds GBs: free them before the next model loads
     pairs = [(s.text, p.reference) for p, samples in zip(problems, outs) for s in samples]
     verdicts: list[Verdict] = verify_batch(verifier, pairs)
     per_problem, i = [], 0

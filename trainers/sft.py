@@ -7,6 +7,7 @@ any chat template. Checkpoints go to `output_dir/checkpoint-*`; `resume: true` c
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,7 @@ def train(cfg: TrainConfig) -> dict:
         packing=cfg.packing, completion_only_loss=True, warmup_steps=cfg.warmup_steps,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_strategy="steps", save_total_limit=2,
         seed=cfg.seed, report_to=[], dataloader_num_workers=0,
+        disable_tqdm=not sys.stderr.isatty(),  # a progress bar with rate and ETA on a terminal only
         # bf16 on a GPU; float32 weights on a CPU, where bf16 math is slow or missing
         bf16=gpu, use_cpu=not gpu, model_init_kwargs={"dtype": "bfloat16" if gpu else "float32"},
     )

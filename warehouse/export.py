@@ -7,6 +7,7 @@ hash of the problem id (so a problem never sits in two splits), and the card has
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.journey import journey_reasoning
+from warehouse.journey import template_journeys
 from warehouse.schema import MESSAGE
 from warehouse.store import Warehouse, check_read_only
 
@@ -83,9 +84,7 @@ def _select(wh: Warehouse, runs: list[str] | None, where: str | None, kept_only:
         params += runs
     if where:
         conds.append(f"({where})")
-    sql = (f"SELECT trace_id, problem_id, run_id, source, teacher, reference, prompt, reasoning, answer, "
-           f"completion_tokens, correct, kept, finish_reason, verdict_reason, extracted_answer, sample_index "
-           f"FROM traces WHERE {' AND '.join(conds)} ORDER BY trace_id")
+    sql = f"SELECT * FROM traces WHERE {' AND '.join(conds)} ORDER BY trace_id"
     import duckdb
 
     try:
@@ -107,25 +106,23 @@ def shortcut_rows(rows: list[dict]) -> list[dict]:
     return [_row(t, t["reasoning"], []) for t in rows]
 
 
-def journey_rows(rows: list[dict], max_wrong: int = 1) -> list[dict]:
-    """For each kept correct trace of a problem that also has wrong (complete, answered) traces: up
-    to `max_wrong` of them, each with its reflection, then the correct path."""
-    by_problem: dict[str, list[dict]] = {}
-    for t in rows:
-        by_problem.setdefault(t["problem_id"], []).append(t)
-    out = []
-    for group in by_problem.values():
-        wrong = sorted((t for t in group if t["correct"] is False and t["finish_reason"] != "length"
-                        and t["reasoning"].strip()), key=lambda t: t["sample_index"])
-        right = sorted((t for t in group if t["kept"]), key=lambda t: t["sample_index"])
-        for i, c in enumerate(right):
-            if not wrong:
-                break
-            # rotate through the wrong paths so each correct one is paired with different mistakes
-            picked = [wrong[(i + k) % len(wrong)] for k in range(min(max_wrong, len(wrong)))]
-            row = _row(c, journey_reasoning(picked, c), [w["trace_id"] for w in picked] + [c["trace_id"]])
-            row["trace_id"] = hashlib.sha256("|".join(row["parents"]).encode()).hexdigest()[:24]
-            out.append(row)
+def journey_rows(wh: Warehouse, selected: list[dict], runs: list[str] | None, where: str | None,
+                 max_wrong: int = 1) -> list[dict]:
+    """Journey rows kept in the warehouse (kind = 'journey', built by `distill journeys` or a recipe's
+    `journey` key) for the selected runs; for runs that have none, template journeys built here from
+    the same samples (not stored)."""
+    conds, params = ["kind = 'journey'", "kept"], []
+    if runs:
+        conds.append(f"run_id IN ({', '.join('?' for _ in runs)})")
+        params += runs
+    if where:
+        conds.append(f"({where})")
+    cols, stored = wh.query(f"SELECT * FROM traces WHERE {' AND '.join(conds)} ORDER BY trace_id", params)
+    stored = [dict(zip(cols, r)) for r in stored]
+    have = {t["run_id"] for t in stored}
+    built = [dataclasses.asdict(t) for t in template_journeys([t for t in selected if t["run_id"] not in have],
+                                                              max_wrong)]
+    out = [_row(t, t["reasoning"], list(t["parents"])) for t in stored + built]
     return sorted(out, key=lambda r: r["trace_id"])
 
 
@@ -150,7 +147,7 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         finally:
             con.close()
     selected = _select(wh, runs, where, kept_only=variant == "shortcut")
-    rows = shortcut_rows(selected) if variant == "shortcut" else journey_rows(selected, max_wrong)
+    rows = shortcut_rows(selected) if variant == "shortcut" else journey_rows(wh, selected, runs, where, max_wrong)
     if not rows:
         hint = "" if variant == "shortcut" else " (journey rows need problems with both a wrong and a kept sample)"
         raise ExportError(f"no rows match: runs={runs or 'all'}, where={where!r}, variant={variant}{hint}")

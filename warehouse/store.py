@@ -1,6 +1,7 @@
 """Parquet part files plus a DuckDB catalog of views over them.
 
 <root>/traces/run_id=<id>/part-<shard>.parquet   one file per shard, written once
+<root>/traces/run_id=<id>/journey-<mode>.parquet journey rows built from the run's samples (kind = journey)
 <root>/runs/<run_id>.json                        what ran: recipe, versions, counts, timings
 <root>/catalog.duckdb                            views only; rebuilt from the files at any time
 
@@ -35,7 +36,13 @@ VIEWS = {
                count(*) FILTER (WHERE correct IS NULL)              AS unverifiable,
                count(*) FILTER (WHERE kept)                         AS kept,
                sum(completion_tokens)                               AS completion_tokens
-        FROM traces GROUP BY run_id""",
+        FROM traces WHERE kind = 'sample' GROUP BY run_id""",
+    # Journey rows per run and mode: how many were tried and kept, and the samples they came from.
+    "journeys": """
+        SELECT run_id, json_extract_string(sampling, '$.journey') AS mode,
+               count(DISTINCT problem_id) AS problems, count(*) AS journeys,
+               count(*) FILTER (WHERE kept) AS kept, sum(completion_tokens) AS completion_tokens
+        FROM traces WHERE kind = 'journey' GROUP BY ALL""",
     "pass_rates": """
         SELECT run_id, problem_id, any_value(source) AS source,
                count(*) AS samples, count(*) FILTER (WHERE correct) AS correct,
@@ -131,17 +138,19 @@ class Warehouse:
         """
         if not table.schema.equals(SCHEMA, check_metadata=False):
             raise ValueError("a part must have exactly warehouse.schema.SCHEMA")
-        path = self.part_path(run_id, shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        return _write_atomic(self.part_path(run_id, shard), table)
 
     def parts(self) -> list[Path]:
         return sorted((self.root / "traces").glob("run_id=*/part-*.parquet"))
+
+    def journey_path(self, run_id: str, mode: str) -> Path:
+        return self.root / "traces" / f"run_id={run_id}" / f"journey-{mode}.parquet"
+
+    def write_journeys(self, run_id: str, mode: str, traces: list[Trace]) -> Path:
+        """All journey rows of one run and mode in one file, written atomically; a rebuild replaces it."""
+        if any(t.kind != "journey" or t.run_id != run_id for t in traces):
+            raise ValueError(f"write_journeys: every row must be kind 'journey' of run {run_id}")
+        return _write_atomic(self.journey_path(run_id, mode), to_table(traces))
 
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, run: dict) -> Path:
@@ -187,6 +196,8 @@ class Warehouse:
             parts = [str(self._empty_part())]
             if self.parts():  # DuckDB refuses a glob that matches nothing
                 parts.append(str(self.root / "traces" / "run_id=*" / "part-*.parquet"))
+            if any((self.root / "traces").glob("run_id=*/journey-*.parquet")):
+                parts.append(str(self.root / "traces" / "run_id=*" / "journey-*.parquet"))
             runs = [str(self.root / "runs" / "*.json")] if any((self.root / "runs").glob("*.json")) else []
             # Built under a temporary name and renamed over the catalog: a reader holding the old
             # file keeps reading it, and no writer ever needs a lock on the file readers have open
@@ -197,7 +208,7 @@ class Warehouse:
             con = duckdb.connect(str(tmp))
             try:
                 con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
-                for name in ("accepted", "funnel", "pass_rates", "problems", "filter_funnel"):
+                for name in ("accepted", "funnel", "journeys", "pass_rates", "problems", "filter_funnel"):
                     con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
                 if any((self.root / "evals").glob("*.json")):
                     evals = _sql_list([str(self.root / "evals" / "*.json")])
@@ -257,6 +268,17 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         if kind not in READ_ONLY_STATEMENTS:
             raise ReadOnlyError(f"the warehouse is read-only here: {kind} statements are not allowed "
                                 "(only SELECT queries; use --out to save a result)")
+
+
+def _write_atomic(path: Path, table: pa.Table) -> Path:
+    """Write under a temporary name in the same folder, fsync, rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+    pq.write_table(table, tmp, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 def _sql_list(paths: list[str]) -> str:

@@ -1,0 +1,55 @@
+"""distill pipeline on the real model, tiny: generate → journeys → export → train → evaluate."""
+import json
+
+import yaml
+
+from tests.conftest import ROOT, run_cli
+from warehouse.store import Warehouse
+
+
+def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tmp_path):
+    recipe = {
+        "name": "tiny", "generate": str(ROOT / "recipes" / "default.yaml"),
+        "generate_set": {"name": "tiny", "dataset_options": {"count": 8, "digits": [1, 2], "seed": 0}, "n": 4,
+                         "backend": "transformers", "warehouse": str(tmp_path / "wh")},
+        "journey": "template", "train": {"max_steps": 3, "per_device_train_batch_size": 4, "save_steps": 2},
+        # one-digit sums: only 100 exist, so some eval problems may repeat generation ones and must be removed
+        "eval_options": {"count": 30, "digits": [1], "seed": 1}, "eval_n": 2, "eval_max_tokens": 32,
+        "eval_backend": "transformers", "out_dir": str(tmp_path / "out"),
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = run_cli("pipeline", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["label"] for r in s["results"]] == ["base", "shortcut", "journey"]
+    assert "| shortcut |" in proc.stdout and "| journey |" in proc.stdout and "pass@1" in proc.stdout
+
+    wh = Warehouse(tmp_path / "wh")
+    trained_on = {r[0] for r in wh.query("select distinct prompt[len(prompt)].content from traces "
+                                         "where run_id = ? and kind = 'sample'", [s["run_id"]])[1]}
+    from generators.problems import load_problems
+
+    asked = load_problems("builtin:addition", options=recipe["eval_options"])
+    held = [p for p in asked if p.question not in trained_on]
+    assert s["heldout"]["problems"] == len(held) and s["heldout"]["removed_as_seen"] == 30 - len(held)
+    # every result is over the same held-out problems, and stored in the evals view
+    assert {r["problems"] for r in s["results"]} == {len(held)}
+    assert wh.query("select count(*) from evals")[1] == [(3,)]
+    # the students were trained on what the run kept: shortcut rows = kept samples, journey rows = stored journeys
+    kept = wh.query("select count(*) from traces where run_id = ? and kind = 'sample' and kept", [s["run_id"]])[1][0][0]
+    journeys = wh.query("select count(*) from traces where run_id = ? and kind = 'journey' and kept",
+                        [s["run_id"]])[1][0][0]
+    assert s["examples"] == {"shortcut": kept, "journey": journeys}
+    assert all(s["training"][v]["global_step"] == 3 for v in ("shortcut", "journey"))
+    for r in s["results"][1:]:
+        lo, hi = r["gain_ci"]
+        assert lo <= r["gain"] <= hi
+
+    # a rerun does not generate or train again
+    again = run_cli("pipeline", str(path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    s2 = json.loads((tmp_path / "out" / "results.json").read_text())
+    run = wh.read_run(s["run_id"])
+    assert s2["run_id"] == s["run_id"] and run["shards_resumed"] == run["shards"]
+    assert s2["timings"]["train_shortcut"] < 5 and s2["timings"]["train_journey"] < 5
