@@ -124,7 +124,10 @@ def _read_hub(dataset_id: str, split: str, config: str | None) -> list[dict]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(dataset_id, config, split=split)
+        # A local folder is read afresh: datasets' cache can serve another folder's rows under the same name.
+        fresh = ({"download_mode": "force_redownload", "verification_mode": "no_checks"}
+                 if Path(dataset_id).is_dir() else {})
+        ds = datasets.load_dataset(dataset_id, config, split=split, **fresh)
     except Exception as e:  # datasets raises many types; the user needs the id and the cause
         raise ProblemError(f"could not load dataset {dataset_id!r} (split {split!r}): {str(e).splitlines()[0]}") from None
     return ds.to_list()

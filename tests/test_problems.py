@@ -116,3 +116,19 @@ def test_builtin_addition_refuses_more_problems_than_a_digit_count_has():
     with pytest.raises(ProblemError, match="only 100 distinct 1-digit problems, asked 150"):
         addition(count=300, digits=[1, 2])
     assert len(addition(count=200, digits=[1, 2])) == 200
+
+
+def test_two_dataset_folders_of_the_same_name_are_not_confused(tmp_path):
+    # datasets caches a local folder whose README names its data files by the folder's name and those
+    # relative paths: a second folder called `probs` was served the first one's rows
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.parquet\n---\n"
+    for i, count in enumerate((1, 3)):
+        folder = tmp_path / str(i) / "probs"
+        (folder / "data").mkdir(parents=True)
+        (folder / "README.md").write_text(card)
+        pq.write_table(pa.Table.from_pylist([{**GSM8K_ROW, "question": f"q{i}-{k}"} for k in range(count)]),
+                       folder / "data" / "train.parquet")
+        assert [p.question for p in load_problems(str(folder), split="train")] == [f"q{i}-{k}" for k in range(count)]

@@ -2,8 +2,11 @@
 import pytest
 
 from tests.conftest import run_cli
+import pyarrow.parquet as pq
+
 from tests.test_export import wh_dir  # noqa: F401  (the fixture: a small warehouse of literal traces)
 from trainers.sft import TrainConfig, TrainError, load_train_config, to_prompt_completion, train
+from warehouse.export import export
 
 
 def test_rows_become_prompt_and_completion():
@@ -55,3 +58,13 @@ def test_unknown_training_key_is_clear(tmp_path):
 def test_cli_missing_data_is_one_line(tmp_path):
     proc = run_cli("train", "recipes/train-default.yaml", "--set", f"data={tmp_path / 'none'}", timeout=120)
     assert proc.returncode == 2 and "training data not found" in proc.stderr
+
+
+def test_two_export_folders_of_the_same_name_give_their_own_rows(wh_dir, tmp_path):  # noqa: F811
+    from trainers.sft import TrainConfig, load_rows
+
+    export(wh_dir, tmp_path / "a" / "data", where="problem_id = 'p0'")
+    export(wh_dir, tmp_path / "b" / "data")
+    for folder in (tmp_path / "a" / "data", tmp_path / "b" / "data"):
+        expected = pq.read_metadata(folder / "data" / "train-00000-of-00001.parquet").num_rows
+        assert len(load_rows(TrainConfig(data=str(folder)))) == expected

@@ -88,7 +88,15 @@ def load_rows(cfg: TrainConfig):
         export(cfg.warehouse, folder, runs=cfg.runs or None, where=cfg.where, variant=cfg.variant)
     elif not folder.is_dir():
         raise TrainError(f"training data not found: {folder} (an export folder, or data: warehouse)")
-    ds = datasets.load_dataset(str(folder), split="train")
+    files = sorted((folder / "data").glob("train-*.parquet"))
+    if not files:
+        raise TrainError(f"{folder}: no data/train-*.parquet (made by distill export)")
+    # Read the files themselves: datasets' cache for a local folder is keyed so that another export
+    # folder of the same name can be served from it (seen: 8 stale rows instead of 309).
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = datasets.Dataset(pa.concat_tables([pq.read_table(f) for f in files]))
     if "messages" not in ds.column_names:
         raise TrainError(f"{folder}: expected a `messages` column (made by distill export)")
     return ds.map(to_prompt_completion, remove_columns=ds.column_names)
