@@ -161,10 +161,10 @@ def print_funnel(root: str, run_id: str, run: dict) -> None:
             by_step.add_row(stage, str(n_in), str(dropped), str(kept),
                             ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
         out.print(by_step)
-    timings = run.get("timings", {})
+    timings = run.get("timings", {})  # summed over the run's calls, like the tokens
     tokens = f.get("completion_tokens") or 0
     gen = timings.get("generate", 0.0)
-    rate = f"{tokens / gen:,.0f} tokens/s" if gen else "no generation in this call (resumed)"
+    rate = f"{tokens / gen:,.0f} tokens/s" if gen else "no generation time recorded"
     out.print(f"tokens generated: {tokens:,}  ·  {rate}  ·  wall {timings.get('wall', 0):.1f} s"
               + (f"  ·  {run['shards_resumed']} of {run['shards']} shards already done" if run.get("shards_resumed") else ""))
     out.print(f"query it: distill sql \"select rejected_by, count(*) from traces group by 1\""
@@ -176,10 +176,10 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, runs."),
+    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, filter_funnel, journeys, runs, evals."),
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="table (default) | csv | json | parquet "
-                                      "(default: from --out's suffix)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
+                                      "suffix, else table)."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file instead of stdout."),
 ):
     """Query the warehouse with SQL (DuckDB dialect, read-only) and print or save the result."""
@@ -274,8 +274,9 @@ def show(
         if run.get(key):
             out.print(f"{key}: {run[key]}", highlight=False)
     out.print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run.get("versions", {}).items())), highlight=False)
-    out.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(run.get("timings", {}).items())),
-              highlight=False)
+    calls = len(run.get("calls") or [])
+    out.print(f"timings (s{f', summed over {calls} calls' if calls > 1 else ''}): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(run.get("timings", {}).items())), highlight=False)
     if run.get("filters"):
         out.print("filter reports: " + json.dumps(run["filters"], default=str), highlight=False)
     out.print("recipe:", highlight=False)
@@ -298,7 +299,7 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a distill export."),
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
 ):
-    """Export kept traces as a Hugging Face dataset ({"messages": [...]}) with a dataset card; optionally push it."""
+    """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
     from warehouse.export import ExportError, export as do_export, push_to_hub
     from warehouse.store import ReadOnlyError, Warehouse
 
@@ -482,7 +483,7 @@ def score(
     filter_name: str = typer.Argument(..., metavar="FILTER", help="Filter name, e.g. language, repetition."),
     set_: list[str] = typer.Option([], "--set", help="Override a filter parameter: --set target=zh (repeatable)."),
 ):
-    """Score one reasoning text (read from stdin) with a filter and its default thresholds."""
+    """Score one reasoning text (read from stdin) with a filter (default thresholds unless --set)."""
     import json
 
     import filters

@@ -85,16 +85,16 @@ def teacher_journeys(recipe: Recipe, rows: list[dict], max_wrong: int, per_probl
             pending.append({"base": w, "index": i, "path": [cut_wrong_path(w["reasoning"], w["extracted_answer"])],
                             "tokens": 0, "prompt_tokens": 0, "latency": 0.0})
     backend = backend_for(recipe)
-    sampling = SamplingConfig(n=1, temperature=recipe.temperature, top_p=recipe.top_p,
+    sampling = SamplingConfig(n=recipe.journey_n, temperature=recipe.temperature, top_p=recipe.top_p,
                               max_tokens=recipe.max_tokens, seed=recipe.seed, stop=list(recipe.stop))
-    meta = {"max_wrong": max_wrong, "temperature": recipe.temperature, "top_p": recipe.top_p,
+    meta = {"max_wrong": max_wrong, "n": recipe.journey_n, "temperature": recipe.temperature, "top_p": recipe.top_p,
             "max_tokens": recipe.max_tokens, "seed": recipe.seed}
     out, rounds = [], []
     teacher, lock = teacher_for(recipe, backend, {}) if pending else (None, None)
     for rnd in range(1, max_wrong + 1):
         if not pending:
             break
-        samples = []
+        samples: list[list] = []
         with tqdm(total=len(pending), desc=f"journeys (round {rnd})", unit="path", disable=None) as bar:
             for i in range(0, len(pending), BATCH):
                 batch = pending[i:i + BATCH]
@@ -102,25 +102,24 @@ def teacher_journeys(recipe: Recipe, rows: list[dict], max_wrong: int, per_probl
                                             system_prompt=recipe.system_prompt, few_shot=recipe.journey_few_shot,
                                             prompt=recipe.journey_prompt) for j in batch]
                 with lock:
-                    samples += [outs[0] for outs in teacher.generate(prompts, sampling)]
+                    samples += teacher.generate(prompts, sampling)
                 bar.update(len(batch))
-        verdicts = verify_batch(recipe.verifier, [(s.text, j["base"]["reference"]) for s, j in zip(samples, pending)])
-        nxt, kept = [], 0
-        for j, s, v in zip(pending, samples, verdicts):
-            j["tokens"] += s.completion_tokens or 0
-            j["prompt_tokens"] += s.prompt_tokens or 0
-            j["latency"] += s.latency_s or 0.0
+        flat = verify_batch(recipe.verifier, [(s.text, j["base"]["reference"])
+                                              for j, outs in zip(pending, samples) for s in outs])
+        nxt, kept, k = [], 0, 0
+        for j, outs in zip(pending, samples):
+            verdicts, k = flat[k:k + len(outs)], k + len(outs)
+            for s in outs:
+                j["tokens"] += s.completion_tokens or 0
+                j["prompt_tokens"] += s.prompt_tokens or 0
+                j["latency"] += s.latency_s or 0.0
+            # the verifier picks: the first continuation that verifies, else the first complete wrong one
+            whys = [_reason(s, v) for s, v in zip(outs, verdicts)]
+            pick = next((i for i, w in enumerate(whys) if w is None), None)
+            if pick is None:
+                pick = next((i for i, w in enumerate(whys) if w == "wrong_answer"), 0)
+            s, v, why = outs[pick], verdicts[pick], whys[pick]
             reasoning, answer = split_think(s.text)
-            if s.finish_reason == "error":
-                why = "teacher_error"
-            elif s.finish_reason == "length":
-                why = "truncated"
-            elif THINK_CLOSE not in s.text:
-                why = "no_think_close"  # the continuation never ends its reasoning: no place for the answer
-            elif v.correct:
-                why = None
-            else:
-                why = "wrong_answer"
             if why == "wrong_answer" and rnd < max_wrong:
                 j["path"].append(cut_wrong_path(reasoning, v.extracted))  # the next wrong branch
                 nxt.append(j)
@@ -142,6 +141,17 @@ def _teacher_row(j: dict, recipe: Recipe, backend: str, meta: dict, reasoning: s
         finish_reason=finish_reason, correct=verdict.correct, verifier=recipe.verifier,
         verdict_reason=verdict.reason, extracted=verdict.extracted, rejected_by=why,
         completion_tokens=j["tokens"], prompt_tokens=j["prompt_tokens"], latency_s=j["latency"])
+
+
+def _reason(sample, verdict) -> str | None:
+    """Why a continuation cannot end a journey (None: it can)."""
+    if sample.finish_reason == "error":
+        return "teacher_error"
+    if sample.finish_reason == "length":
+        return "truncated"
+    if THINK_CLOSE not in sample.text:
+        return "no_think_close"  # the continuation never ends its reasoning: no place for the answer
+    return None if verdict.correct else "wrong_answer"
 
 
 def _count(values) -> dict:

@@ -28,6 +28,11 @@ from flows.recipe import RecipeError, load_recipe
 from generators.problems import load_problems
 
 
+# Students of the embedded model on this CPU: short examples, full fine-tuning.
+TRAIN_DEFAULTS = {"per_device_train_batch_size": 8, "learning_rate": 1e-4, "num_train_epochs": 3,
+                  "max_length": 256, "logging_steps": 10, "save_steps": 1000}
+
+
 @dataclass
 class PipelineConfig:
     name: str = field(default="pipeline", metadata={"help": "Name of the experiment."})
@@ -40,8 +45,9 @@ class PipelineConfig:
         "help": "Students to train, by data variant: shortcut (correct paths) and/or journey."})
     student: str | None = field(default=None, metadata={
         "help": "Model the students start from (default: the teacher's base model, the generation recipe's model)."})
-    train: dict = field(default_factory=dict, metadata={
-        "help": "Training keys (see the training recipe reference) shared by every student."})
+    train: dict = field(default_factory=lambda: dict(TRAIN_DEFAULTS), metadata={
+        "help": "Training keys (see the training recipe reference) shared by every student; keys not given "
+                "take these defaults."})
     eval_dataset: str = field(default="builtin:addition", metadata={
         "help": "Held-out problems: a file, Hub id or built-in task. Problems the generation run used are removed."})
     eval_options: dict = field(default_factory=lambda: {"count": 100, "digits": [2], "seed": 1}, metadata={
@@ -160,8 +166,7 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
     trained = {}
     for v in cfg.students:
         t0 = time.time()
-        settings = {"per_device_train_batch_size": 8, "learning_rate": 1e-4, "num_train_epochs": 3,
-                    "max_length": 256, "logging_steps": 10, "save_steps": 1000, **cfg.train,
+        settings = {**TRAIN_DEFAULTS, **cfg.train,
                     "data": str(out / "data" / v), "model": student_base, "output_dir": str(out / "students" / v)}
         trained[v] = train_task(settings)
         timings[f"train_{v}"] = time.time() - t0

@@ -96,6 +96,8 @@ class Recipe:
     journey_max_wrong: int = field(default=2, metadata={
         "help": "Most wrong branches in one journey (teacher: rounds of asking again after a wrong continuation)."})
     journey_per_problem: int = field(default=2, metadata={"help": "Most journeys started per problem."})
+    journey_n: int = field(default=1, metadata={
+        "help": "teacher mode: continuations sampled per wrong path and round; the first that verifies is kept."})
     journey_prompt: str = field(default=TEACHER_PROMPT, metadata={
         "help": "teacher mode: the user turn showing the wrong path; {question} and {attempt} are replaced."})
     journey_few_shot: list = field(default_factory=list, metadata={
@@ -148,7 +150,7 @@ class Recipe:
                 bad(key, "a whole number >= " + ("1" if key == "concurrency" else "0"))
         if self.journey not in (None, "template", "teacher"):
             bad("journey", "null, template or teacher")
-        for key in ("journey_max_wrong", "journey_per_problem"):
+        for key in ("journey_max_wrong", "journey_per_problem", "journey_n"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, "a whole number >= 1")
         if "{attempt}" not in self.journey_prompt or "{question}" not in self.journey_prompt:
@@ -208,24 +210,33 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     return Recipe(**data)
 
 
-def reference_markdown() -> str:
-    """The recipe reference, generated from the dataclass so it cannot drift from the code."""
+def reference_markdown(config: type = Recipe) -> str:
+    """A key reference of a config dataclass (the recipe by default; also TrainConfig, PipelineConfig),
+    generated from its fields' defaults and help so it cannot drift from the code."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
-    for f in dataclasses.fields(Recipe):
+    for f in dataclasses.fields(config):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata["help"].replace("|", "\\|")
-        rows.append(f"| `{f.name}` | `{json.dumps(default)}` | {help_text} |")
+        # `|` would end the cell; `<` would start an HTML tag on GitHub and hide `</think>`
+        help_text = f.metadata["help"].replace("|", "\\|").replace("<", "&lt;")
+        rows.append(f"| `{f.name}` | `{json.dumps(default).replace('|', chr(92) + '|')}` | {help_text} |")
     return "\n".join(rows)
+
+
+def write_section(readme: Path, name: str, body: str) -> bool:
+    """Rewrite what stands between README's `<!-- NAME:start -->` and `<!-- NAME:end -->`; True if it changed."""
+    start, end = f"<!-- {name}:start -->\n", f"\n<!-- {name}:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} lacks the markers <!-- {name}:start --> and <!-- {name}:end --> on lines of their own")
+    new = text[:text.index(start) + len(start)] + body + text[text.index(end):]
+    if new != text:
+        readme.write_text(new)
+    return new != text
 
 
 def write_readme_reference(readme: Path) -> bool:
     """Rewrite README's recipe reference between its markers; True if it changed."""
-    start, end = "<!-- recipe-reference:start -->\n", "\n<!-- recipe-reference:end -->"
-    text = readme.read_text()
-    new = text[:text.index(start) + len(start)] + reference_markdown() + text[text.index(end):]
-    if new != text:
-        readme.write_text(new)
-    return new != text
+    return write_section(readme, "recipe-reference", reference_markdown())
 
 
 if __name__ == "__main__":  # python -m flows.recipe: refresh README.md's recipe reference

@@ -68,3 +68,10 @@ def test_two_export_folders_of_the_same_name_give_their_own_rows(wh_dir, tmp_pat
     for folder in (tmp_path / "a" / "data", tmp_path / "b" / "data"):
         expected = pq.read_metadata(folder / "data" / "train-00000-of-00001.parquet").num_rows
         assert len(load_rows(TrainConfig(data=str(folder)))) == expected
+
+
+def test_a_learning_rate_yaml_read_as_text_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("learning_rate: 1e-5\n")
+    with pytest.raises(TrainError, match="write 1.0e-5: YAML reads 1e-5 as text"):
+        load_train_config(path)

@@ -48,6 +48,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.variant not in ("shortcut", "journey"):
             raise TrainError(f"training key 'variant': expected shortcut or journey, got {self.variant!r}")
+        for key in ("learning_rate", "num_train_epochs", "warmup_steps"):
+            # YAML reads 1e-5 (no dot) as a string: say so here, not deep inside the trainer
+            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, float)):
+                raise TrainError(f"training key {key!r}: expected a number, got {getattr(self, key)!r}"
+                                 + (" (write 1.0e-5: YAML reads 1e-5 as text)" if isinstance(getattr(self, key), str)
+                                    else ""))
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",
                     "save_steps", "lora_r"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:

@@ -1,0 +1,100 @@
+"""README's generated sections: what would drift from the code is written from the code.
+
+    python -m flows.docs        # rewrite every generated section of README.md
+
+Each section stands between `<!-- NAME:start -->` and `<!-- NAME:end -->` lines:
+- recipe-reference: the generation recipe's keys (flows/recipe.py, Recipe);
+- train-reference, pipeline-reference: the training and pipeline recipes' keys (TrainConfig,
+  PipelineConfig), from their fields' defaults and help, the same way;
+- cli-reference: every `distill` command with its arguments and options, read from the typer app.
+tests/test_recipe.py and tests/test_readme.py fail when one is stale.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _cell(text: str) -> str:
+    """One markdown table cell: one line; `|` would end the cell and `<` start an HTML tag on GitHub."""
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
+
+
+def _default(param) -> str:
+    if param.required:
+        return "required"
+    if getattr(param, "is_flag", False):
+        return "on" if param.default else "off"
+    if param.default is None or param.default == [] or callable(param.default):
+        return "—"
+    return f"`{param.default}`"
+
+
+def _name(param) -> str:
+    if param.param_type_name == "argument":
+        return (param.metavar or param.name).upper()
+    return " / ".join([*param.opts, *param.secondary_opts])
+
+
+def cli_reference(app=None) -> str:
+    """Markdown for every command of the typer app (default: `distill`): usage, what it does, and a
+    table of its arguments and options with their defaults and help, in the order the code gives them."""
+    import typer
+
+    if app is None:
+        from flows.cli import app
+    group = typer.main.get_command(app)
+    commands = [(name, cmd) for name, cmd in group.commands.items() if not cmd.hidden]
+
+    def usage(name, cmd) -> str:
+        return " ".join(["distill", name, *(_name(p) for p in cmd.params if p.param_type_name == "argument")])
+
+    def summary(cmd) -> str:  # the first paragraph of the help, on one line
+        return _cell((cmd.help or "").strip().split("\n\n")[0])
+
+    out = ["| command | what it does |", "|---|---|"]
+    out += [f"| `{usage(name, cmd)}` | {summary(cmd)} |" for name, cmd in commands]
+    for name, cmd in commands:
+        out += ["", f"#### `{usage(name, cmd)}`", "", summary(cmd)]
+        params = [p for p in cmd.params if not getattr(p, "hidden", False)]
+        if params:
+            out += ["", "| argument / option | default | meaning |", "|---|---|---|"]
+            for p in params:
+                help_text = _cell(getattr(p, "help", None) or "")
+                if p.multiple and "repeatable" not in help_text:
+                    help_text += " (repeatable)"
+                out.append(f"| `{_name(p)}` | {_default(p)} | {help_text} |")
+    return "\n".join(out)
+
+
+def sections() -> dict[str, str]:
+    """The generated sections other than the recipe reference (flows/recipe.py writes that one)."""
+    from flows.pipeline import PipelineConfig
+    from flows.recipe import reference_markdown
+    from trainers.sft import TrainConfig
+
+    return {"train-reference": reference_markdown(TrainConfig),
+            "pipeline-reference": reference_markdown(PipelineConfig),
+            "cli-reference": cli_reference()}
+
+
+def section(text: str, name: str) -> str:
+    """What stands between the `<!-- NAME:start -->` and `<!-- NAME:end -->` lines of `text`."""
+    start, end = f"<!-- {name}:start -->\n", f"\n<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no <!-- {name}:start --> … <!-- {name}:end --> lines")
+    return text[text.index(start) + len(start):text.index(end)]
+
+
+def write_readme(readme: Path = README) -> list[str]:
+    """Rewrite every generated section of `readme`; returns the names of those that changed."""
+    from flows.recipe import write_readme_reference, write_section
+
+    changed = ["recipe-reference"] if write_readme_reference(readme) else []
+    return changed + [name for name, body in sections().items() if write_section(readme, name, body)]
+
+
+if __name__ == "__main__":
+    changed = write_readme()
+    print(f"README.md: rewrote {', '.join(changed)}" if changed else "README.md already current")
