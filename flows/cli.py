@@ -290,7 +290,7 @@ def export(
     runs_: Optional[str] = typer.Option(None, "--runs", help="Comma-separated run ids (default: all runs)."),
     where: Optional[str] = typer.Option(None, "--where", help="SQL predicate on traces, e.g. \"completion_tokens < 500\"."),
     variant: str = typer.Option("shortcut", "--variant", help="shortcut (correct paths only) | journey "
-                                "(wrong path, reflection, then the correct path)."),
+                                "(wrong path, noticed, then a correct path) | mixed (both)."),
     test_size: float = typer.Option(0.0, "--test-size", help="Share of problems in a test split (0 = train only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
     max_wrong: int = typer.Option(1, "--max-wrong", help="journey: most wrong paths before the correct one."),

@@ -41,8 +41,8 @@ class PipelineConfig:
     generate_set: dict = field(default_factory=dict, metadata={
         "help": "Overrides of the generation recipe's keys, e.g. {n: 8, journey: teacher}."})
     journey: str = field(default="teacher", metadata={"help": "How journeys are built: template | teacher."})
-    students: list = field(default_factory=lambda: ["shortcut", "journey"], metadata={
-        "help": "Students to train, by data variant: shortcut (correct paths) and/or journey."})
+    students: list = field(default_factory=lambda: ["shortcut", "mixed"], metadata={
+        "help": "Students to train, by data variant: shortcut (correct paths), journey (journeys only), mixed (both)."})
     student: str | None = field(default=None, metadata={
         "help": "Model the students start from (default: the teacher's base model, the generation recipe's model)."})
     train: dict = field(default_factory=lambda: dict(TRAIN_DEFAULTS), metadata={
@@ -64,8 +64,8 @@ class PipelineConfig:
     def __post_init__(self):
         if self.journey not in ("template", "teacher"):
             raise RecipeError(f"pipeline key 'journey': expected template or teacher, got {self.journey!r}")
-        if not self.students or any(s not in ("shortcut", "journey") for s in self.students):
-            raise RecipeError(f"pipeline key 'students': a list of shortcut and/or journey, got {self.students!r}")
+        if not self.students or any(s not in ("shortcut", "journey", "mixed") for s in self.students):
+            raise RecipeError(f"pipeline key 'students': a list of shortcut, journey, mixed, got {self.students!r}")
         if not isinstance(self.eval_n, int) or self.eval_n < 1:
             raise RecipeError(f"pipeline key 'eval_n': expected a whole number >= 1, got {self.eval_n!r}")
 

@@ -26,7 +26,7 @@ class TrainConfig:
     warehouse: str = field(default="./distill-data", metadata={"help": "data: warehouse — its root."})
     runs: list = field(default_factory=list, metadata={"help": "data: warehouse — run ids (default all)."})
     where: str | None = field(default=None, metadata={"help": "data: warehouse — SQL predicate on traces."})
-    variant: str = field(default="shortcut", metadata={"help": "data: warehouse — shortcut | journey."})
+    variant: str = field(default="shortcut", metadata={"help": "data: warehouse — shortcut | journey | mixed (both)."})
     model: str = field(default="smollm2-135m", metadata={"help": "Student to start from: alias, path or Hub id."})
     output_dir: str = field(default="./distill-students/student", metadata={"help": "Where checkpoints and the model go."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
@@ -46,8 +46,8 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "Seed for data order and initialisation."})
 
     def __post_init__(self):
-        if self.variant not in ("shortcut", "journey"):
-            raise TrainError(f"training key 'variant': expected shortcut or journey, got {self.variant!r}")
+        if self.variant not in ("shortcut", "journey", "mixed"):
+            raise TrainError(f"training key 'variant': expected shortcut, journey or mixed, got {self.variant!r}")
         for key in ("learning_rate", "num_train_epochs", "warmup_steps"):
             # YAML reads 1e-5 (no dot) as a string: say so here, not deep inside the trainer
             if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, float)):

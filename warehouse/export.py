@@ -22,7 +22,7 @@ from warehouse.journey import template_journeys
 from warehouse.schema import MESSAGE
 from warehouse.store import Warehouse, check_read_only
 
-VARIANTS = ("shortcut", "journey")
+VARIANTS = ("shortcut", "journey", "mixed")  # mixed: the shortcut rows and the journey rows
 MARKER = "<!-- made by distill export -->"
 # Known sources' licenses, for the card; anything else is listed as "see source".
 LICENSES = {"gsm8k": "MIT", "math500": "MIT", "game24": "MIT", "humaneval": "MIT", "mbpp": "CC-BY-4.0",
@@ -39,6 +39,15 @@ ROW_SCHEMA = pa.schema([
     ("completion_tokens", pa.int32()),
     ("parents", pa.list_(pa.string())),
 ])
+
+
+VARIANT_TEXT = {
+    "shortcut": "verified-correct chains of thought only.",
+    "journey": "journeys only: a wrong path, cut where it states its wrong answer, then a turn that notices the "
+               "mistake, then a verified-correct path (see the run's journey mode).",
+    "mixed": "the verified-correct chains of thought and the journeys (a wrong path, noticed, then a verified-correct "
+             "path) together.",
+}
 
 
 class ExportError(ValueError):
@@ -130,7 +139,7 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
            variant: str = "shortcut", test_size: float = 0.0, seed: int = 0, max_wrong: int = 1,
            command: str | None = None, overwrite: bool = False) -> ExportResult:
     if variant not in VARIANTS:
-        raise ExportError(f"--variant must be shortcut or journey, got {variant!r}")
+        raise ExportError(f"--variant must be shortcut, journey or mixed, got {variant!r}")
     if not 0 <= test_size < 1:
         raise ExportError(f"--test-size must be in [0, 1), got {test_size}")
     wh = Warehouse(root)
@@ -147,7 +156,9 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         finally:
             con.close()
     selected = _select(wh, runs, where, kept_only=variant == "shortcut")
-    rows = shortcut_rows(selected) if variant == "shortcut" else journey_rows(wh, selected, runs, where, max_wrong)
+    rows = [] if variant == "journey" else shortcut_rows([t for t in selected if t["kept"]])
+    if variant != "shortcut":
+        rows = sorted(rows + journey_rows(wh, selected, runs, where, max_wrong), key=lambda r: r["trace_id"])
     if not rows:
         hint = "" if variant == "shortcut" else " (journey rows need problems with both a wrong and a kept sample)"
         raise ExportError(f"no rows match: runs={runs or 'all'}, where={where!r}, variant={variant}{hint}")
@@ -209,9 +220,7 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
         "# Distilled reasoning traces",
         "",
         f"Made with distill {version} from the warehouse runs {', '.join(f'`{r}`' for r in runs)}.",
-        f"Variant: **{variant}** — " + ("verified-correct chains of thought only." if variant == "shortcut" else
-                                       f"up to {max_wrong} wrong path(s), each followed by a reflection grounded in "
-                                       "the verifier's finding, then a verified-correct path."),
+        f"Variant: **{variant}** — " + VARIANT_TEXT[variant],
         "Rows are chat `messages` (user question, assistant `<think>…</think>` then the answer), the shape TRL's "
         "SFTTrainer reads directly.",
         "",
@@ -225,8 +234,10 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
         "",
         "## How it was made",
         "",
-        f"Selection: `kind = 'sample'`{' AND kept' if variant == 'shortcut' else ''}"
-        + (f" AND `{where}`" if where else "") + ".",
+        "Selection: " + ("kept samples (`kind = 'sample' AND kept`)" if variant != "journey" else "")
+        + (" and " if variant == "mixed" else "")
+        + ("kept journeys (`kind = 'journey' AND kept`, or template journeys built from the samples when the run "
+           "stored none)" if variant != "shortcut" else "") + (f", where `{where}`" if where else "") + ".",
         "",
     ]
     for run_id in runs:
