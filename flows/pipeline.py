@@ -18,13 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.generate import release_teachers, run_generate, run_id_for
-from flows.recipe import RecipeError, load_recipe
+from flows.recipe import RecipeError, load_recipe, read_config
 from generators.problems import load_problems
 
 
@@ -71,20 +70,8 @@ class PipelineConfig:
 
 
 def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[PipelineConfig, Path]:
-    path = Path(path)
-    if not path.exists():
-        raise RecipeError(f"pipeline recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    known = {f.name for f in dataclasses.fields(PipelineConfig)}
-    for source, keys in ((str(path), data), ("--set", overrides or {})):
-        unknown = sorted(set(keys) - known)
-        if unknown:
-            raise RecipeError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    data.update(overrides or {})
-    return PipelineConfig(**data), path.parent
+    known = sorted(f.name for f in dataclasses.fields(PipelineConfig))
+    return PipelineConfig(**read_config(path, known, overrides, what="pipeline recipe")), Path(path).parent
 
 
 def _resolve(base_dir: Path, name: str) -> Path:

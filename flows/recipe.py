@@ -191,22 +191,28 @@ def parse_set(pairs: list[str]) -> dict:
     return out
 
 
-def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+def read_config(path: str | Path, known: list[str], overrides: dict | None = None, what: str = "recipe") -> dict:
+    """A YAML mapping whose keys must all be `known` (as must the --set overrides), overrides applied."""
     path = Path(path)
     if not path.exists():
-        raise RecipeError(f"recipe not found: {path}")
+        raise RecipeError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of keys to values")
+        raise RecipeError(f"{path}: a {what} is a mapping of keys to values")
     for source, keys in ((str(path), data), ("--set", overrides or {})):
-        unknown = sorted(set(keys) - set(KEYS))
+        unknown = sorted(set(keys) - set(known))
         if unknown:
-            raise RecipeError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
+            raise RecipeError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
     data.update(overrides or {})
-    data.setdefault("name", path.stem)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    data = read_config(path, list(KEYS), overrides)
+    data.setdefault("name", Path(path).stem)
     return Recipe(**data)
 
 
