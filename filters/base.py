@@ -6,6 +6,7 @@ re-scoring. The decision is the first filter (in recipe order) whose `keep` says
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -33,16 +34,44 @@ def make_filter(name: str, **params) -> "Filter":
 
 class Filter:
     name = "filter"
+    # Keys of `report` that count something: merging reports adds them up. Lists are joined; any
+    # other key is configuration (the same in every report) and kept as is.
+    report_counts: tuple[str, ...] = ()
 
     def prepare(self, traces: list[Trace]) -> None:
         """Called once per batch before scoring; filters that compare traces (dedup) look here.
 
-        One filter object lives for a whole run, so state kept here spans shards.
+        One filter object lives for a whole run in a process, so state kept here spans the shards
+        that process handles (not those of other processes: Dask or Ray workers have their own).
         """
 
-    def report(self) -> dict:
-        """What the filter wants recorded in the run's record (e.g. decontaminated problems)."""
+    def report(self, traces: list[Trace]) -> dict:
+        """What this batch (one shard) adds to the run's record, e.g. its decontaminated problems; {} for nothing.
+
+        Only the batch's own contribution, however much state the filter keeps: a run's report is the
+        merge (`merge_reports`) of its shards' reports, which may come from many processes, and a shard
+        that is redone (resumed) replaces its earlier report rather than adding to it.
+        """
         return {}
+
+    @classmethod
+    def merge_reports(cls, reports: list[dict]) -> dict:
+        """One report from several batches' reports: `report_counts` summed, lists joined without
+        repeats (in order), anything else (configuration) as the first report that has it says."""
+        out: dict = {}
+        for r in reports:
+            for k, v in r.items():
+                if k not in out:
+                    out[k] = list(v) if isinstance(v, list) else v
+                elif k in cls.report_counts:
+                    out[k] += v
+                elif isinstance(v, list) and isinstance(out[k], list):
+                    seen = {_key(x) for x in out[k]}
+                    for x in v:
+                        if _key(x) not in seen:
+                            seen.add(_key(x))
+                            out[k].append(x)
+        return out
 
     def score(self, trace: Trace) -> float | None:
         raise NotImplementedError
@@ -60,11 +89,26 @@ class Filter:
         return bool(ok), (None if ok else reason)
 
 
+def _key(x) -> str:
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def merge_filter_reports(batches: list[dict[str, dict]]) -> dict[str, dict]:
+    """{filter name: report} for a run, from one {filter name: report} per batch (shard), in order.
+
+    Each filter's class merges its own reports; a name no longer registered merges as a plain Filter.
+    """
+    names = list(dict.fromkeys(name for b in batches for name in b))
+    return {name: FILTERS.get(name, Filter).merge_reports([b[name] for b in batches if name in b])
+            for name in names}
+
+
 @dataclass
 class FilterStats:
     total: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
+    reports: dict[str, dict] = field(default_factory=dict)  # filter name -> this batch's report, if any
 
 
 def apply_filters(traces: list[Trace], filters: list[Filter]) -> FilterStats:
@@ -84,4 +128,7 @@ def apply_filters(traces: list[Trace], filters: list[Filter]) -> FilterStats:
             stats.kept += 1
         else:
             stats.dropped[t.rejected_by] += 1
+    for f in filters:
+        if report := f.report(traces):
+            stats.reports[f.name] = report
     return stats

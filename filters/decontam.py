@@ -113,6 +113,13 @@ class Decontam(Filter):
     def keep(self, score: float | None) -> bool | tuple[bool, str]:
         return score is None or score <= self.max_share or (False, "contaminated")
 
-    def report(self) -> dict:
+    report_counts = ("samples", "rejected")
+
+    def report(self, traces: list[Trace]) -> dict:
+        """The batch's problems that overlap an eval set (where, and how much), how many of its samples
+        ask them, and how many of those this filter was the first to reject (`rejected_by = 'contaminated'`)."""
+        hit = [t for t in traces if (t.scores.get(self.name) or 0.0) > self.max_share]
+        problems = dict.fromkeys(t.problem_id for t in hit if t.problem_id in self._hits)
         return {"eval_sets": [str(s["path"]) for s in self.sets], "n": self.n,
-                "contaminated": list(self._hits.values())}
+                "contaminated": [self._hits[p] for p in problems], "samples": len(hit),
+                "rejected": sum(1 for t in hit if t.rejected_stage == self.name)}

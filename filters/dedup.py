@@ -103,7 +103,6 @@ class Dedup(Filter):
         self.hasher = MinHasher(num_perm, shingle, seed)
         self._indexes: dict[str, _Index] = {}
         self._first: dict[str, float] = {}  # trace_id -> score of each indexed trace: scoring twice is safe
-        self._counts = {"duplicate": 0, "near_duplicate": 0}
 
     def score(self, trace: Trace) -> float:
         if trace.trace_id in self._first:
@@ -113,13 +112,11 @@ class Dedup(Filter):
         key = trace.problem_id if self.scope == "problem" else ""
         index = self._indexes.get(key) or self._indexes.setdefault(key, _Index(self.bands))
         if digest in index.exact:
-            self._counts["duplicate"] += 1
             return 1.0
         sig = self.hasher.signature(text)
         s = min(index.best(sig), NEAR_MAX)
-        if s >= self.threshold:
-            self._counts["near_duplicate"] += 1
-        elif trace.kept is not False:  # an earlier filter's reject is never anyone's first occurrence
+        # an earlier filter's reject is never anyone's first occurrence
+        if s < self.threshold and trace.kept is not False:
             index.add(digest, sig)
             self._first[trace.trace_id] = s
         return s
@@ -129,6 +126,12 @@ class Dedup(Filter):
             return False, "duplicate"
         return score < self.threshold or (False, "near_duplicate")
 
-    def report(self) -> dict:
-        return {"scope": self.scope, "threshold": self.threshold, "first_occurrences": len(self._first),
-                **self._counts}
+    report_counts = ("first_occurrences", "duplicate", "near_duplicate")
+
+    def report(self, traces: list[Trace]) -> dict:
+        """The batch's counts, from its scores: a shard scored twice (resumed) is not counted twice."""
+        scores = [t.scores.get(self.name) for t in traces]
+        return {"scope": self.scope, "threshold": self.threshold,
+                "first_occurrences": sum(1 for t in traces if t.trace_id in self._first),
+                "duplicate": sum(1 for s in scores if s is not None and s >= 1.0),
+                "near_duplicate": sum(1 for s in scores if s is not None and self.threshold <= s < 1.0)}

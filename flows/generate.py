@@ -220,8 +220,7 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
     traces = sorted(existing + new, key=lambda t: (t.problem_id, t.sample_index))
     run_filters, filters_lock = filters_for(recipe, run_id, base_dir)
     with filters_lock:  # filter objects keep state (dedup) and are not thread-safe
-        filters_mod.apply_filters(traces, run_filters)
-        reports = {f.name: f.report() for f in run_filters if f.report()}
+        reports = filters_mod.apply_filters(traces, run_filters).reports  # this shard's, not the process's
     select_per_problem(traces, recipe.keep_per_problem, recipe.prefer, recipe.pass_rate_min, recipe.pass_rate_max)
     t3 = time.perf_counter()
     if traces:
@@ -276,29 +275,71 @@ def git_sha() -> str | None:
         return None
 
 
+def _calls_before(previous: dict) -> list[dict]:
+    """The calls an existing record describes; a record written before calls were kept is one call."""
+    if "calls" in previous or not previous:
+        return list(previous.get("calls") or [])
+    return [{"started_at": previous.get("started_at"), "finished_at": previous.get("finished_at"),
+             "status": previous.get("status"), "shards_done": None, "timings": previous.get("timings") or {}}]
+
+
+def _total_timings(calls: list[dict]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for c in calls:
+        for k, v in (c.get("timings") or {}).items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
 @flow(name="generate")
 def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command: str | None = None) -> dict:
+    """Run (or resume) the recipe; the run record describes every call of the run, not only this one.
+
+    Each call of the same run adds an entry to `calls` (its start, end, status, shards done and
+    timings); `timings` are the sums over calls, so `timings["generate"]` is all the generation behind
+    the run's samples. Filter reports are kept per shard (`filters_by_shard`), the reports of the
+    shard's last filtering, and `filters` merges them: a shard redone by a later call replaces its report.
+    """
     wh = Warehouse(recipe.warehouse)
     started = time.time()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {}  # this call's, summed over the shards it ran
     problems = load_task(recipe, base_dir)
     shards = [problems[i:i + recipe.shard_size] for i in range(0, len(problems), recipe.shard_size)]
     todo = [i for i in range(len(shards))
             if wh.part_missing(run_id, i, shard_key(shards[i], recipe.n)) != 0]
     backend = backend_for(recipe)
     previous = wh.read_run(run_id) or {}
+    call = {"started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None, "status": "running",
+            "shards_done": 0, "timings": timings}
+    calls = [*_calls_before(previous), call]
+    by_shard = {e["shard"]: e["filters"] for e in previous.get("filters_by_shard") or []}
+    if previous.get("filters") and "filters_by_shard" not in previous:
+        # A record written before reports were kept per shard: its report, of shards unknown, as shard -1.
+        by_shard[-1] = previous["filters"]
     run = {
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
-        "status": "running", "started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None,
+        "status": "running", "started_at": call["started_at"], "finished_at": None,
         "backend": backend, "teacher": recipe.model, "versions": versions(), "git_sha": git_sha(),
         "problems": len(problems), "shards": len(shards), "shards_resumed": len(shards) - len(todo),
-        "timings": timings, "error": None, "failed_samples": 0, "failures": [],
+        "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
+        "error": None, "failed_samples": 0, "failures": [],
     }
-    wh.write_run(run)
+    if previous.get("journeys"):  # built by earlier calls or `distill journeys`
+        run["journeys"] = previous["journeys"]
+
+    def record() -> None:
+        """Write the record as it stands: after each shard too, so a killed call loses no finished shard's report."""
+        timings["wall"] = time.time() - started
+        run["timings"] = _total_timings(calls)
+        run["filters_by_shard"] = [{"shard": i, "filters": by_shard[i]} for i in sorted(by_shard)]
+        run["filters"] = filters_mod.merge_filter_reports([by_shard[i] for i in sorted(by_shard)])
+        wh.write_run(run)
+
+    record()
     try:
         if todo:
             futures = [shard_task.submit(recipe, run_id, backend, i, shards[i], base_dir) for i in todo]
-            failures, reports, errors = [], {}, []
+            failures, errors = [], []
             with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=sys.stderr) as bar:
                 for fut in as_completed(futures):
                     try:
@@ -308,14 +349,15 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                         bar.update(1)
                         continue
                     failures += counts["failures"]
-                    reports.update(counts["filter_reports"])
+                    by_shard[counts["shard"]] = counts["filter_reports"]
                     for k, v in counts["timings"].items():
                         timings[k] = timings.get(k, 0.0) + v
+                    call["shards_done"] += 1
+                    run["failed_samples"] = len(failures)
+                    run["failures"] = failures[:100]  # the first ones, with the backend's error; the count is exact
+                    record()
                     bar.update(1)
                     bar.set_postfix(samples=counts["samples"], kept=counts["kept"], failed=len(failures), refresh=False)
-            run["failed_samples"] = len(failures)
-            run["failures"] = failures[:100]  # the first ones, with the backend's error; the count is exact
-            run["filters"] = reports
             if errors:
                 raise errors[0]
         run["status"] = "incomplete" if run["failed_samples"] else "finished"
@@ -324,9 +366,9 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         raise
     finally:
         # Whatever happened, the parts already written are in the catalog and the run says so.
-        run["finished_at"] = datetime.now(timezone.utc).isoformat()
-        timings["wall"] = time.time() - started
-        wh.write_run(run)
+        run["finished_at"] = call["finished_at"] = datetime.now(timezone.utc).isoformat()
+        call["status"] = run["status"]
+        record()
         wh.refresh()
     if recipe.journey:  # from the stored samples, so a resumed run builds them from all of its samples
         from flows.journey import journeys_task  # flows.journey uses this module's teacher cache

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from filters import apply_filters, make_filter
+from filters.base import merge_filter_reports
 
 # Three MATH-500 test rows, verbatim (openai/prm800k, MIT; see recipes/data/LICENSES.md): a long
 # problem, one shorter than 13 words, one in between.
@@ -38,8 +39,8 @@ def test_math500_problem_copied_into_a_prompt_is_contaminated(make_trace, math50
     apply_filters([t], [f])
     assert (t.kept, t.rejected_by) == (False, "contaminated")
     assert t.scores["decontam"] > 0.6  # the template's words are not in MATH-500
-    assert f.report()["contaminated"] == [{"problem_id": "train-17", "eval_set": "math500", "eval_line": 1,
-                                           "share": round(t.scores["decontam"], 4)}]
+    assert f.report([t])["contaminated"] == [{"problem_id": "train-17", "eval_set": "math500", "eval_line": 1,
+                                              "share": round(t.scores["decontam"], 4)}]
 
 
 def test_short_eval_item_is_matched_whole(make_trace, math500):
@@ -53,7 +54,7 @@ def test_unrelated_problem_is_kept(make_trace, math500):
     ts = [asking(make_trace, UNRELATED), asking(make_trace, "How many positive divisors does 200 have?")]
     apply_filters(ts, [f])
     assert [(t.kept, t.scores["decontam"]) for t in ts] == [(True, 0.0), (True, 0.0)]
-    assert f.report()["contaminated"] == []
+    assert f.report(ts)["contaminated"] == []
 
 
 def test_overlap_of_n_words_is_caught_with_punctuation_and_case_ignored(make_trace, tmp_path):
@@ -86,3 +87,25 @@ def test_missing_file_and_wrong_field_are_clear_errors(tmp_path, math500):
         make_filter("decontam", against=[{"path": str(tmp_path / "nope.jsonl"), "field": "problem"}])
     with pytest.raises(ValueError, match="math500.jsonl:1: not a JSON object with a 'question' field"):
         make_filter("decontam", against=[{**math500[0], "field": "question"}])
+
+
+def test_each_shard_reports_only_its_own_hits_and_the_merge_is_their_union(make_trace, math500):
+    # One filter object for the run (as in a process handling two shards); each shard's report is its own.
+    f = make_filter("decontam", against=math500)
+    shard0 = [asking(make_trace, TEMPLATE.format(MATH500[0]["problem"]), problem_id="a", trace_id=f"a{i}",
+                     sample_index=i, correct=i == 0) for i in range(2)]
+    shard1 = [asking(make_trace, UNRELATED, problem_id="b", trace_id="b0", correct=True),
+              asking(make_trace, MATH500[1]["problem"], problem_id="c", trace_id="c0", correct=True)]
+    chain = [make_filter("rejection"), f]
+    r0 = apply_filters(shard0, chain).reports
+    r1 = apply_filters(shard1, chain).reports
+    assert [h["problem_id"] for h in r0["decontam"]["contaminated"]] == ["a"]
+    assert (r0["decontam"]["samples"], r0["decontam"]["rejected"]) == (2, 1)  # a1 was rejected as wrong first
+    assert [h["problem_id"] for h in r1["decontam"]["contaminated"]] == ["c"]
+    assert (r1["decontam"]["samples"], r1["decontam"]["rejected"]) == (1, 1)
+    assert "rejection" not in r0  # a filter with nothing to say has no report
+
+    run = merge_filter_reports([r0, r1])["decontam"]
+    assert [(h["problem_id"], h["eval_line"]) for h in run["contaminated"]] == [("a", 1), ("c", 2)]
+    assert (run["samples"], run["rejected"]) == (3, 2)
+    assert run["n"] == 13 and run["eval_sets"] == r0["decontam"]["eval_sets"]  # configuration, not summed

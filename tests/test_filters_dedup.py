@@ -1,6 +1,7 @@
 import pytest
 
 from filters import apply_filters, make_filter
+from filters.base import merge_filter_reports
 
 A = ("First compute the area of the rectangle: the width is 4 and the height is 7, so the area is 28. "
      "Then subtract the triangle, whose base is 4 and height is 3, so its area is 6. "
@@ -45,14 +46,27 @@ def test_scope_problem_keeps_copies_under_other_problems_scope_dataset_does_not(
     assert (ts[1].kept, ts[1].rejected_by) == (False, "duplicate")
 
 
-def test_state_spans_batches(make_trace):
+def test_state_spans_batches_and_each_batch_reports_its_own_counts(make_trace):
     f = make_filter("dedup")
     first, later = traces(make_trace, A, A)
-    apply_filters([first], [f])  # shard 0
-    apply_filters([later], [f])  # shard 1
+    r0 = apply_filters([first], [f]).reports  # shard 0
+    r1 = apply_filters([later], [f]).reports  # shard 1
     assert first.kept and (later.kept, later.rejected_by) == (False, "duplicate")
-    assert f.report() == {"scope": "problem", "threshold": 0.85, "first_occurrences": 1,
-                          "duplicate": 1, "near_duplicate": 0}
+    config = {"scope": "problem", "threshold": 0.85}
+    assert r0 == {"dedup": {**config, "first_occurrences": 1, "duplicate": 0, "near_duplicate": 0}}
+    assert r1 == {"dedup": {**config, "first_occurrences": 0, "duplicate": 1, "near_duplicate": 0}}
+    assert merge_filter_reports([r0, r1]) == {"dedup": {**config, "first_occurrences": 1, "duplicate": 1,
+                                                        "near_duplicate": 0}}
+
+
+def test_a_batch_filtered_again_reports_the_same_counts(make_trace):
+    # A resumed shard is re-filtered whole by the same filter object: its report replaces, never adds.
+    f = make_filter("dedup")
+    ts = traces(make_trace, A, A, A.replace("Let me double check", "Let me quickly double check"), B)
+    first = apply_filters(ts, [f]).reports
+    again = apply_filters(ts, [f]).reports
+    assert first == again == {"dedup": {"scope": "problem", "threshold": 0.85, "first_occurrences": 2,
+                                        "duplicate": 1, "near_duplicate": 1}}
 
 
 def test_a_rejected_trace_is_nobodys_first_occurrence(make_trace):

@@ -132,3 +132,31 @@ def test_parts_from_an_older_schema_stay_readable(tmp_path, make_trace):
     wh.refresh()
     assert wh.query("select run_id, count(*), count(rejected_stage), min(schema_version) from traces "
                     "group by 1 order by 1")[1] == [("new", 2, 0, 1), ("old", 2, 0, 1)]
+
+
+def test_a_warehouse_made_before_a_column_was_added_opens(tmp_path, make_trace):
+    # Its _schema.parquet and its parts both predate rejected_stage: the refresh rewrites _schema.parquet,
+    # the views bind, and the old rows read NULL there.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from warehouse.schema import SCHEMA, to_table
+
+    wh = Warehouse(tmp_path)
+    old_schema = SCHEMA.remove(SCHEMA.get_field_index("rejected_stage"))
+    (tmp_path / "traces").mkdir()
+    pq.write_table(pa.Table.from_pylist([], schema=old_schema), tmp_path / "traces" / "_schema.parquet")
+    wh.part_path("old", 0).parent.mkdir(parents=True)
+    pq.write_table(to_table(traces_for(make_trace, "old", 4)).drop_columns(["rejected_stage"]), wh.part_path("old", 0))
+    wh.refresh()
+    assert pq.read_schema(tmp_path / "traces" / "_schema.parquet").equals(SCHEMA, check_metadata=False)
+    assert wh.query("select count(*), count(rejected_stage), count(rejected_by) from traces")[1] == [(4, 0, 2)]
+    assert wh.query("select samples, kept from funnel")[1] == [(4, 2)]
+    assert wh.query("select count(*) from filter_funnel")[1] == [(0,)]  # no scores in these rows: no steps
+    assert wh.query("select count(*) from problems")[1] == [(2,)]
+    # and a part of today's schema sits next to the old one
+    wh.write_part("new", 0, traces_for(make_trace, "new", 2))
+    wh.refresh()
+    assert wh.query("select run_id, count(*), count(rejected_stage) from traces group by 1 order by 1")[1] == \
+        [("new", 2, 0), ("old", 4, 0)]
+    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == ["_schema.parquet", "run_id=new", "run_id=old"]

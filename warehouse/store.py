@@ -180,12 +180,15 @@ class Warehouse:
     def _empty_part(self) -> Path:
         # A zero-row file with the full schema, so `traces` binds (and has every column) before
         # any run has written a part. It sits outside the run_id= folders and counts no rows.
+        # Rewritten when SCHEMA has changed since (a column added): the views name every column,
+        # and parts written before the change read the new ones as NULL (union_by_name).
         path = self.root / "traces" / "_schema.parquet"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp-_schema.{os.getpid()}")
-            pq.write_table(pa.Table.from_pylist([], schema=SCHEMA), tmp)
-            os.replace(tmp, path)
+        try:
+            current = pq.read_schema(path).equals(SCHEMA, check_metadata=False)
+        except (OSError, pa.ArrowInvalid):  # missing, or unreadable: it holds no data, so write it anew
+            current = False
+        if not current:
+            _write_atomic(path, pa.Table.from_pylist([], schema=SCHEMA))
         return path
 
     def refresh(self) -> Path:
