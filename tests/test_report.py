@@ -59,15 +59,21 @@ SECTIONS = ["summary", "funnel", "lengths", "pass-rates", "language", "duplicate
 
 
 class ScriptedTeacher:
-    """Answers from a script by temperature; a pause per call so the throughput curve has steps."""
+    """Answers from a script by temperature; a pause per call so the throughput curve has steps.
+    Raises BackendError on a batch with a question in `fail_on`."""
+
+    def __init__(self):
+        self.fail_on: set[str] = set()
 
     def generate(self, conversations, sampling, indices=None):
-        from generators.base import Sample
+        from generators.base import BackendError, Sample
 
         time.sleep(0.1)
         script = SCRIPT_A if sampling.temperature < 0.8 else SCRIPT_B
         out = []
         for conv, idx in zip(conversations, indices or [list(range(sampling.n))] * len(conversations)):
+            if conv[-1]["content"] in self.fail_on:
+                raise BackendError(f"scripted failure on {conv[-1]['content'][:20]!r}")
             samples = script[conv[-1]["content"]]
             out.append([Sample(samples[i][0], samples[i][1], 40 + i, len(samples[i][0].split()) + 3, 0.3) for i in idx])
         return out
@@ -75,8 +81,8 @@ class ScriptedTeacher:
 
 def recipe_for(tmp: Path, temperature: float, warehouse: str = "wh"):
     """A recipe of its own (not recipes/default.yaml, which may change): the problems above, the whole filter chain,
-    prices so cost is recorded. One shard at a time: with two in flight the run record's decontam report is the
-    last-finished shard's, which may predate the other shard's hits (see test_decontam_hits_missing_from_the_record)."""
+    prices so cost is recorded. Two shards in flight: the run record merges every shard's filter reports, so its
+    decontam report lists the hits of both whichever finishes last; the samples depend only on the question."""
     import yaml
 
     from flows.recipe import load_recipe
@@ -84,7 +90,7 @@ def recipe_for(tmp: Path, temperature: float, warehouse: str = "wh"):
     (tmp / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
     (tmp / f"report-test-{warehouse}.yaml").write_text(yaml.safe_dump({
         "dataset": str(tmp / "problems.jsonl"), "model": "smollm2-135m", "backend": "transformers", "n": 4,
-        "max_tokens": 48, "filters": FILTERS, "warehouse": str(tmp / warehouse), "shard_size": 2, "parallel_shards": 1,
+        "max_tokens": 48, "filters": FILTERS, "warehouse": str(tmp / warehouse), "shard_size": 2, "parallel_shards": 2,
         "verify_workers": 1, "price_input_per_mtok": 0.5, "price_output_per_mtok": 2.0}))
     return load_recipe(tmp / f"report-test-{warehouse}.yaml", {"name": "report-test", "temperature": temperature})
 
@@ -95,22 +101,28 @@ def artifact_key(run_id: str) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two real runs of the generate flow (temperature 0.6 and 0.9) into one warehouse, and a third into a warehouse
-    where the report cannot be written (`reports` is a file); their artifacts and the flow's warnings."""
+    """Two real runs of the generate flow (temperature 0.6 and 0.9) into one warehouse, a third into a warehouse
+    where the report cannot be written (`reports` is a file), and a fourth, resumed, into a warehouse of its own: its
+    first call fails on shard 0 and writes shard 1 (the contaminated problem), its second writes shard 0. The runs'
+    artifacts and the flow's warnings."""
     import logging
 
     import flows.generate as g
+    from generators.base import BackendError
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.testing.utilities import prefect_test_harness
 
     tmp = tmp_path_factory.mktemp("report")
     recipes = [recipe_for(tmp, 0.6), recipe_for(tmp, 0.9), recipe_for(tmp, 0.6, "wh-broken")]
+    resumed = recipe_for(tmp, 0.6, "wh-resumed")
     (tmp / "wh-broken").mkdir()
     (tmp / "wh-broken" / "reports").write_text("a file where the reports folder should be")
     key = repr([getattr(recipes[0], k) for k in g.TEACHER_KEYS])
-    assert all(repr([getattr(r, k) for k in g.TEACHER_KEYS]) == key for r in recipes) and key not in g._TEACHERS
-    g._TEACHERS[key] = (ScriptedTeacher(), threading.Lock())
+    assert all(repr([getattr(r, k) for k in g.TEACHER_KEYS]) == key for r in [*recipes, resumed])
+    assert key not in g._TEACHERS
+    teacher = ScriptedTeacher()
+    g._TEACHERS[key] = (teacher, threading.Lock())
     warnings = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warnings.append(record.getMessage())
@@ -122,6 +134,12 @@ def runs(tmp_path_factory):
             for r in recipes:
                 ids.append(g.run_id_for(r))
                 results.append(g.run_generate(r, ids[-1], ROOT / "recipes"))
+            ids.append(g.run_id_for(resumed))
+            teacher.fail_on = {PROBLEMS[0]["question"]}
+            with pytest.raises(BackendError):
+                g.run_generate(resumed, ids[-1], ROOT / "recipes")
+            teacher.fail_on = set()
+            g.run_generate(resumed, ids[-1], ROOT / "recipes")
             with get_client(sync_client=True) as client:
                 artifacts = {a.key: a.data for a in client.read_artifacts(artifact_filter=ArtifactFilter(
                     key=ArtifactFilterKey(any_=[artifact_key(i) for i in ids])))}
@@ -129,7 +147,7 @@ def runs(tmp_path_factory):
         flow_logger.removeHandler(handler)
         g._TEACHERS.pop(key, None)
     return {"wh": tmp / "wh", "a": ids[0], "b": ids[1], "broken": ids[2], "results": results,
-            "artifacts": artifacts, "warnings": warnings}
+            "artifacts": artifacts, "warnings": warnings, "resumed_wh": tmp / "wh-resumed", "resumed": ids[3]}
 
 
 class Page(HTMLParser):
@@ -311,7 +329,53 @@ def test_decontam_hits_missing_from_the_record_are_said(tmp_path, make_trace):
     text = report_html(wh.root, "r")
     rows = table_rows(text, "decontamination")
     assert rows[1][0] == "p0" and rows[1][-1] == "—"  # eval set and line unknown
-    assert "does not list 1 of these problem(s)" in text
+    assert "does not list 1 of these problem(s) (it holds the report of the shard that finished last" in text
+    # a record that merges its shards' reports: the page does not blame the last shard
+    record = wh.read_run("r")
+    record.update(calls=[], filters_by_shard=[{"shard": 0, "filters": record["filters"]}])
+    wh.write_run(record)
+    text = report_html(wh.root, "r")
+    assert "does not list 1 of these problem(s): " in text and "finished last" not in text
+
+
+def test_a_resumed_run_shows_tokens_per_second_of_all_its_calls(runs):
+    from warehouse.report import load, report_html, when
+
+    wh, run_id = runs["resumed_wh"], runs["resumed"]
+    record = Warehouse(wh).read_run(run_id)
+    calls = record["calls"]
+    assert [(c["status"], c["shards_done"]) for c in calls] == [("failed", 1), ("finished", 1)]
+    assert record["status"] == "finished" and record["shards_resumed"] == 1
+    gen = record["timings"]["generate"]
+    assert gen == pytest.approx(sum(c["timings"]["generate"] for c in calls)) and calls[0]["timings"]["generate"] > 0
+    text = report_html(wh, run_id)
+    page = Page(text)
+    ctok = sql(wh, "select sum(completion_tokens) from traces where run_id = ?", run_id)[0][0]
+    assert number(page.summary["tokens_per_s"][0]) == int(ctok / gen) > 0
+    assert number(page.summary["generate_s"][0]) == pytest.approx(gen, abs=0.05)
+    assert "cover only the last call" not in text and "Timings are summed over all of them" in text
+    assert "stage (summed over shards and 2 calls)" in text
+    assert when(calls[0]["started_at"]) in text and when(calls[1]["started_at"]) in text
+    # the contaminated problem was written by the first call, and its report is still in the record
+    assert "gsm8k-test-50 line 1" in text and "does not list" not in text
+    d = load(wh, run_id)
+    assert d.throughput_origin == "the run's start" and min(t for t, _ in d.throughput) >= 0
+
+
+def test_a_resumed_run_recorded_before_calls_were_kept_withholds_its_timings(tmp_path, make_trace):
+    from warehouse.report import report_html
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.write_part("old", 0, [make_trace(trace_id=f"t{i}", run_id="old", sample_index=i, correct=True, kept=True)
+                             for i in range(2)])
+    wh.write_run({"run_id": "old", "status": "finished", "started_at": "2026-11-23T00:00:00+00:00",
+                  "recipe": {"filters": ["rejection"]}, "shards": 2, "shards_resumed": 1,
+                  "timings": {"generate": 2.0, "wall": 3.0}})
+    wh.refresh()
+    text = report_html(wh.root, "old")
+    page = Page(text)
+    assert [page.summary[k][0] for k in ("generate_s", "tokens_per_s", "wall_s")] == ["—"] * 3
+    assert "timings cover only the last call" in text and "stage (last call only, summed over its shards)" in text
 
 
 # -- the CLI ----------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class RunData:
     decontam: dict
     tokens: list[tuple]  # (outcome, samples, prompt_tokens, completion_tokens, mean completion, cost_usd)
     throughput: list[tuple]  # (seconds since the first stamp, completion tokens), in time order
-    throughput_origin: str  # "the run's start" or "the first sample" (a resumed run's start is its last call's)
+    throughput_origin: str  # "the run's start" (its first call's) or "the first sample" when that is not known
     examples: list[dict]
     journey_rows: int = 0
 
@@ -83,7 +83,7 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
     problems, samples, correct, unverifiable, truncated, kept, ptok, ctok, cost, costed = row
     timings = record.get("timings") or {}
     gen = timings.get("generate")
-    resumed = bool(record.get("shards_resumed"))
+    complete = timings_complete(record)
     summary = {
         "problems": problems, "samples": samples, "correct": correct, "unverifiable": unverifiable,
         "truncated": truncated, "kept": kept, "keep_rate": kept / samples if samples else None,
@@ -91,9 +91,9 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
         "mean_completion_tokens": (ctok or 0) / samples if samples else None,
         "cost_usd": cost if costed else None,
         "cost_per_kept_usd": cost / kept if costed and kept else None,
-        "generate_s": gen, "wall_s": timings.get("wall"),
-        # timings are the last call's: after a resume they do not cover the tokens of earlier calls
-        "tokens_per_s": (ctok or 0) / gen if gen and not resumed else None,
+        # the run's totals, withheld when the record's timings miss calls that made some of the samples
+        "generate_s": gen if complete else None, "wall_s": timings.get("wall") if complete else None,
+        "tokens_per_s": (ctok or 0) / gen if gen and complete else None,
     }
     journey_rows = q("SELECT count(*) FROM traces WHERE run_id = ? AND kind <> 'sample'")[0][0]
 
@@ -148,8 +148,14 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
                "ORDER BY created_at")
     origin_label = "the first sample"
     t0 = stamps[0][0] if stamps else 0.0
-    if record.get("started_at") and not resumed:
-        started = datetime.fromisoformat(str(record["started_at"])).timestamp()
+    # The run's start is its first call's; a record from before calls were kept knows only its last call's start,
+    # which is the run's start only if the run was never resumed. A start after the first sample is not the run's.
+    if "calls" in record:
+        start = (record["calls"] or [{}])[0].get("started_at")
+    else:
+        start = None if record.get("shards_resumed") else record.get("started_at")
+    if start:
+        started = datetime.fromisoformat(str(start)).timestamp()
         if stamps and started <= t0:
             t0, origin_label = started, "the run's start"
     throughput = [(t - t0, n) for t, n in stamps]
@@ -165,6 +171,24 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
     examples = [dict(zip(cols, r)) for r in cur.fetchall()]
     return RunData(run_id, record, summary, steps, lengths, by_source, difficulty, by_difficulty, pass_rates,
                    language, dedup, decontam, tokens, throughput, origin_label, examples, journey_rows)
+
+
+def carried_call(record: dict) -> bool:
+    """Whether the record's first call was carried over from a record written before calls were kept
+    (flows/generate.py): its timings are that record's, which cover only the last call it made."""
+    calls = record.get("calls") or []
+    return bool(calls) and calls[0].get("shards_done") is None
+
+
+def timings_complete(record: dict) -> bool:
+    """Whether the record's timings cover every call that made the run's samples.
+
+    A record with `calls` sums its timings over them all. An older record's timings are its last call's,
+    which covers the run only if it was not resumed; so does a first call carried over from such a record.
+    """
+    if "calls" not in record:
+        return not record.get("shards_resumed")
+    return not carried_call(record)
 
 
 def filter_specs(record: dict) -> dict[str, dict]:
@@ -342,8 +366,9 @@ SUMMARY_ROWS = [
     ("mean_completion_tokens", "completion tokens per sample", "float"),
     ("cost_usd", "cost (USD)", "usd"),
     ("cost_per_kept_usd", "cost per kept sample (USD, rejected ones paid for)", "usd"),
-    ("generate_s", "generation time", "s"), ("tokens_per_s", "completion tokens per second of generation", "int"),
-    ("wall_s", "wall time of the last call", "s"),
+    ("generate_s", "generation time (all calls)", "s"),
+    ("tokens_per_s", "completion tokens per second of generation", "int"),
+    ("wall_s", "wall time (all calls)", "s"),
 ]
 
 
@@ -431,18 +456,37 @@ def header(d: RunData, h: str = "h1") -> str:
         return (f"<{h}>{esc(d.run_id)}</{h}><p class='meta'>No run record (runs/{esc(d.run_id)}.json) in this "
                 "warehouse: recipe, teacher, dates and timings are unknown; the rest is from the traces.</p>")
     setup = setup_values(d)
+    calls = rec.get("calls") or []
+    first = calls[0].get("started_at") if len(calls) > 1 else None  # started_at is the last call's
     meta = [("recipe", rec.get("recipe_name") or (rec.get("recipe") or {}).get("name")),
             ("teacher", f"{setup['teacher']} ({setup['backend']})"), ("status", rec.get("status")),
-            ("started", when(rec.get("started_at"))), ("finished", when(rec.get("finished_at"))),
+            ("started", when(first or rec.get("started_at"))),
+            ("last call", when(rec.get("started_at")) if first else None), ("finished", when(rec.get("finished_at"))),
             ("sampling", ", ".join(f"{k} {setup[k]}" for k in ("n", "temperature", "top_p", "max_tokens")
                                    if setup.get(k) is not None)),
             ("dataset", setup.get("dataset")), ("filters", setup.get("filters")),
             ("command", rec.get("command")), ("git", rec.get("git_sha")),
             ("distill", (rec.get("versions") or {}).get("distill"))]
     items = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in meta if v not in (None, ""))
-    resumed = (f"<p class='note'>Resumed: {rec['shards_resumed']} of {rec.get('shards')} shards were written by "
-               "an earlier call; timings cover only the last call.</p>") if rec.get("shards_resumed") else ""
-    return f"<{h}>Run {esc(d.run_id)}</{h}><dl class='meta'>{items}</dl>{resumed}"
+    return f"<{h}>Run {esc(d.run_id)}</{h}><dl class='meta'>{items}</dl>{resume_note(rec)}"
+
+
+def resume_note(rec: dict) -> str:
+    """What a run of several calls means for its timings; empty for a run of one call."""
+    calls = rec.get("calls")
+    if calls is None:  # a record from before calls were kept: its timings are its last call's
+        return (f"<p class='note'>Resumed: {rec['shards_resumed']} of {rec.get('shards')} shards were written by "
+                "an earlier call; timings cover only the last call.</p>") if rec.get("shards_resumed") else ""
+    if len(calls) < 2 and not rec.get("shards_resumed"):
+        return ""
+    done = (f"; {rec['shards_resumed']} of {rec.get('shards')} shards were already written when the last one "
+            "started") if rec.get("shards_resumed") else ""
+    note = (f"Resumed: the run took {len(calls)} calls ({', '.join(str(c.get('status')) for c in calls)}){done}. "
+            "Timings are summed over all of them.")
+    if carried_call(rec):
+        note += (" The first call was recorded by an earlier version of distill, whose timings cover only its own "
+                 "last call, so the totals may miss generation done before it: the summary withholds them.")
+    return f"<p class='note'>{esc(note)}</p>"
 
 
 def breakdown_table(rows: list[tuple], what: str) -> str:
@@ -511,10 +555,12 @@ def sec_summary(runs):
             for k in SETUP_KEYS)
         body = (compare_summary_table(a, b) + "<h3>Setup</h3>"
                 f'<table class="summary setup"><tr><th></th><th>A</th><th>B</th></tr>{setup}</table>')
+    partial = any(d.record and not timings_complete(d.record) for d in runs)
     return ("Summary", "Counts over the run's samples (every sample drawn, rejected ones included); tokens as the "
-            "backend reported them; cost from the recipe's prices; times from the run record. A dash means the "
-            "warehouse does not record it (e.g. no prices in the recipe, or a resumed run whose timings cover only "
-            "its last call).", body)
+            "backend reported them; cost from the recipe's prices; times from the run record, summed over the "
+            "run's calls (a resumed run has several). A dash means the warehouse does not record it (e.g. no "
+            "prices in the recipe" + (", or a resumed run whose record, written by an earlier version of "
+                                      "distill, has timings of its last call only" if partial else "") + ").", body)
 
 
 def sec_funnel(runs):
@@ -620,16 +666,28 @@ def sec_decontam(runs):
         body = (f"<p>Checked against {esc(sets)} with {esc(rep.get('n', dc['n']))}-gram overlaps; "
                 f"{fmt(len(dc['hits']))} problem(s) hit, {fmt(dc['rejected'])} sample(s) rejected as contaminated.</p>")
         unlisted = [pid for pid, *_ in dc["hits"] if pid not in where]
-        if unlisted:  # the record keeps one shard's report (flows/generate.py), not the union of all
+        if unlisted:
             body += (f"<p class='note'>The run record's decontam report does not list {fmt(len(unlisted))} of these "
-                     "problem(s) (it holds the report of the shard that finished last, not of all shards): their "
-                     "eval set and line are unknown here; the scores in the traces are complete.</p>")
+                     f"problem(s){why_unlisted(d.record)}: their eval set and line are unknown here; the scores in "
+                     "the traces are complete.</p>")
         body += table(["problem", "question", "overlap share", "samples", "rejected", "eval set (run record)"], rows) \
             if rows else "<p>No problem overlaps an evaluation set.</p>"
         parts.append(body)
     return ("Decontamination", "Problems whose question shares word n-grams with an evaluation set (score = share of "
             "the question's words covered). The eval set and line come from the decontam report in the run record; "
             "the counts from the traces.", _cols(runs, parts))
+
+
+def why_unlisted(rec: dict) -> str:
+    """Why a decontam hit in the traces can be missing from the record's report, when the record says why."""
+    # Earlier versions of distill kept the report of the shard that finished last. The record now merges every
+    # shard's report (filters_by_shard); a carried-over older report is kept as shard -1 (flows/generate.py).
+    old = "the report of the shard that finished last, not of all shards"
+    if "filters_by_shard" not in rec and "calls" not in rec:
+        return f" (it holds {old})"
+    if any(e.get("shard") == -1 for e in rec.get("filters_by_shard") or []):
+        return f" (part of it was written by an earlier version of distill, which kept {old})"
+    return ""
 
 
 def sec_tokens(runs):
@@ -651,14 +709,24 @@ def sec_throughput(runs):
     for d in runs:
         t = d.record.get("timings") or {}
         rows = [[esc(k), fmt(v, "s")] for k, v in sorted(t.items())]
-        parts.append(pair(throughput_chart(d, xmax, ymax), table(["stage (summed over shards)", "seconds"], rows)
+        parts.append(pair(throughput_chart(d, xmax, ymax), table([esc(timings_label(d.record)), "seconds"], rows)
                           if rows else _empty("no timings in the run record")))
     return ("Throughput over time", "Cumulative completion tokens against each sample's created_at, from the "
-            "run's start (started_at in the run record; from the first sample when the run was resumed, since the "
-            "record's start is then its last call's). created_at is stamped when a generate call returns, once per "
-            "batch (a shard), so the curve rises in steps and its slope is tokens per second of wall time, model "
-            "loading included. The run record keeps stage times summed over shards, not per shard.",
-            _cols(runs, parts))
+            "run's start (its first call's started_at in the run record), or from the first sample when the record "
+            "does not say when the run started (a record written before calls were kept knows only its last "
+            "call's start). created_at is stamped when a generate call returns, once per batch (a shard), so the "
+            "curve rises in steps and its slope is tokens per second of wall time, model loading and the time "
+            "between a resumed run's calls included. The run record keeps stage times summed over shards and "
+            "calls, not per shard; each call's own are in its calls entry.", _cols(runs, parts))
+
+
+def timings_label(rec: dict) -> str:
+    """The header of a run's timings table: what the record's timings add up."""
+    calls = rec.get("calls")
+    if calls is None:
+        return "stage (last call only, summed over its shards)" if rec.get("shards_resumed") else \
+            "stage (summed over shards)"
+    return f"stage (summed over shards and {len(calls)} calls)" if len(calls) > 1 else "stage (summed over shards)"
 
 
 def sec_examples(runs):
