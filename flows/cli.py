@@ -416,8 +416,8 @@ def eval_(
     backend: str = typer.Option("auto", "--backend", help="auto | vllm | transformers."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per sample."),
     temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature."),
-    recipe: Optional[Path] = typer.Option(None, "--prompt-from", help="Use this recipe's system prompt and few-shot "
-                                          "turns (default: the bare question, zero-shot)."),
+    recipe: Optional[Path] = typer.Option(None, "--prompt-from", help="Use this recipe's system prompt, few-shot "
+                                          "turns and prompt_template (default: the bare question, zero-shot)."),
     question_field: str = typer.Option("question", "--question-field", help="For a dataset file: question column."),
     answer_field: str = typer.Option("answer", "--answer-field", help="For a dataset file: answer column."),
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Where the result is stored."),
@@ -438,7 +438,8 @@ def eval_(
         problems = benchmark_problems(benchmark, limit, question_field=question_field, answer_field=answer_field)
         result = evaluate(model, benchmark, problems, n=n, k=k, backend=backend, max_tokens=max_tokens,
                           temperature=temperature, system_prompt=rcp.system_prompt if rcp else None,
-                          few_shot=rcp.few_shot if rcp else None)
+                          few_shot=rcp.few_shot if rcp else None,
+                          prompt_template=rcp.prompt_template if rcp else "{question}")
     except (RecipeError, ProblemError, BackendError, ValueError) as e:
         fail(str(e))
     path = save(result, warehouse)

@@ -103,14 +103,14 @@ def benchmark_problems(benchmark: str, limit: int | None = None, split: str = "t
 def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4, k: int | None = None,
              backend: str = "auto", temperature: float = 0.6, top_p: float = 0.95, max_tokens: int = 256,
              seed: int = 0, system_prompt: str | None = None, few_shot: list | None = None,
-             verifier: str = "math", generator=None) -> EvalResult:
+             prompt_template: str = "{question}", verifier: str = "math", generator=None) -> EvalResult:
     k = k or n
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and n={n}, got {k}")
     own = generator is None
     if own:
         generator = make_generator(pick_backend(backend), resolve_model(model), seed=seed)
-    prompts = [build_messages(p.question, system_prompt, few_shot) for p in problems]
+    prompts = [build_messages(p.question, system_prompt, few_shot, prompt_template) for p in problems]
     sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     outs = []
     try:
@@ -137,6 +137,7 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
     mk, mk_ci = mean_ci([float(r["maj"]) for r in per_problem])
     boxed = sum(r["boxed"] for r in per_problem) / max(1, sum(r["samples"] for r in per_problem))
     key = json.dumps([model, benchmark, n, k, temperature, top_p, max_tokens, seed, system_prompt, few_shot,
+                      *([prompt_template] if prompt_template != "{question}" else []),
                       [p.problem_id for p in problems]], sort_keys=True, default=str)
     eval_id = f"eval-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     return EvalResult(eval_id, model, benchmark, len(problems), n, k, p1, p1_ci, mk, mk_ci, boxed, per_problem)
