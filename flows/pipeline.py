@@ -182,7 +182,8 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
         "heldout": {"dataset": cfg.eval_dataset, "options": cfg.eval_options, "problems": len(problems),
                     "removed_as_seen": dropped, "n": cfg.eval_n},
         "results": [{k: r.get(k) for k in ("label", "model", "eval_id", "problems", "n", "k", "pass_at_1",
-                                           "pass_at_1_ci", "maj_at_k", "maj_at_k_ci", "boxed_rate", "gain", "gain_ci")}
+                                           "pass_at_1_ci", "maj_at_k", "maj_at_k_ci", "boxed_rate", "strict_pass_at_1",
+                                           "strict_pass_at_1_ci", "gain", "gain_ci")}
                     for r in results],
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -209,9 +210,9 @@ def results_markdown(s: dict) -> str:
         f"Generation run `{s['run_id']}`: {g.get('problems')} problems → {g.get('samples')} samples → "
         f"{g.get('correct')} correct → {g.get('kept')} kept.",
         "",
-        "| model | trained on | pass@1 (95% CI) | maj@{k} (95% CI) | boxed | pass@1 gain vs base (95% CI) |".format(
-            k=s["results"][0]["k"]),
-        "|---|---|---|---|---:|---|",
+        "| model | trained on | pass@1 (95% CI) | maj@{k} (95% CI) | boxed | strict pass@1: right and boxed (95% CI) "
+        "| pass@1 gain vs base (95% CI) |".format(k=s["results"][0]["k"]),
+        "|---|---|---|---|---:|---|---|",
     ]
     for r in s["results"]:
         label = r["label"]
@@ -219,7 +220,8 @@ def results_markdown(s: dict) -> str:
         gain = "—" if r.get("gain") is None else f"{r['gain']:+.3f} ({r['gain_ci'][0]:+.3f} to {r['gain_ci'][1]:+.3f})"
         lines.append(f"| {label} | {trained} | {r['pass_at_1']:.3f} ({r['pass_at_1_ci'][0]:.3f}–{r['pass_at_1_ci'][1]:.3f}) "
                      f"| {r['maj_at_k']:.3f} ({r['maj_at_k_ci'][0]:.3f}–{r['maj_at_k_ci'][1]:.3f}) "
-                     f"| {r['boxed_rate']:.2f} | {gain} |")
+                     f"| {r['boxed_rate']:.2f} | {r['strict_pass_at_1']:.3f} ({r['strict_pass_at_1_ci'][0]:.3f}–"
+                     f"{r['strict_pass_at_1_ci'][1]:.3f}) | {gain} |")
     t = s["timings"]
     lines += ["", "Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items())]
     return "\n".join(lines) + "\n"

@@ -107,7 +107,8 @@ def warehouse(tmp_path_factory):
     for eval_id, model, p1 in (("eval-base", "smollm2-135m", 0.4), ("eval-student", "./distill-students/shortcut", 0.6)):
         # as `distill eval` stores one (trainers/evaluate.py save)
         save(EvalResult(eval_id, model, "addition", problems=4, n=4, k=4, pass_at_1=p1, pass_at_1_ci=(p1 - 0.1, p1 + 0.1),
-                        maj_at_k=p1, maj_at_k_ci=(p1 - 0.2, p1 + 0.2), boxed_rate=1.0, per_problem=[]), root)
+                        maj_at_k=p1, maj_at_k_ci=(p1 - 0.2, p1 + 0.2), boxed_rate=1.0, strict_pass_at_1=p1,
+                        strict_pass_at_1_ci=(p1 - 0.1, p1 + 0.1), per_problem=[]), root)
     wh.refresh()
     return root
 

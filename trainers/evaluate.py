@@ -46,6 +46,8 @@ class EvalResult:
     maj_at_k: float
     maj_at_k_ci: tuple[float, float]
     boxed_rate: float
+    strict_pass_at_1: float  # correct and the answer in \boxed{}: FACTS.md's strict check
+    strict_pass_at_1_ci: tuple[float, float]
     per_problem: list[dict]
 
 
@@ -132,15 +134,19 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
             "problem_id": p.problem_id, "correct": sum(1 for v in vs if v.correct),
             "samples": len(vs), "maj": bool(majority([(v.extracted, v.correct) for v in vs[:k]])),
             "boxed": sum(1 for s in samples if "\\boxed" in s.text),
+            "strict": sum(1 for s, v in zip(samples, vs) if v.correct and "\\boxed" in s.text),
+            "texts": [s.text for s in samples],  # what the model wrote, to see why it scored so
         })
     p1, p1_ci = mean_ci([r["correct"] / r["samples"] for r in per_problem])
     mk, mk_ci = mean_ci([float(r["maj"]) for r in per_problem])
     boxed = sum(r["boxed"] for r in per_problem) / max(1, sum(r["samples"] for r in per_problem))
+    strict, strict_ci = mean_ci([r["strict"] / r["samples"] for r in per_problem])
     key = json.dumps([model, benchmark, n, k, temperature, top_p, max_tokens, seed, system_prompt, few_shot,
                       *([prompt_template] if prompt_template != "{question}" else []),
                       [p.problem_id for p in problems]], sort_keys=True, default=str)
     eval_id = f"eval-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-    return EvalResult(eval_id, model, benchmark, len(problems), n, k, p1, p1_ci, mk, mk_ci, boxed, per_problem)
+    return EvalResult(eval_id, model, benchmark, len(problems), n, k, p1, p1_ci, mk, mk_ci, boxed, strict, strict_ci,
+                      per_problem)
 
 
 def save(result: EvalResult, root: str | Path) -> Path:

@@ -215,8 +215,8 @@ class Warehouse:
                     con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
                 if any((self.root / "evals").glob("*.json")):
                     evals = _sql_list([str(self.root / "evals" / "*.json")])
-                    con.execute(f"CREATE OR REPLACE VIEW evals AS SELECT eval_id, model, benchmark, problems, n, k, "
-                                f"pass_at_1, pass_at_1_ci, maj_at_k, maj_at_k_ci, boxed_rate, created_at "
+                    # every stored field but the per-problem detail (texts included), old files' missing ones NULL
+                    con.execute(f"CREATE OR REPLACE VIEW evals AS SELECT * EXCLUDE (per_problem) "
                                 f"FROM read_json({evals}, union_by_name = true, format = 'auto')")
                 else:
                     con.execute("CREATE OR REPLACE VIEW evals AS SELECT NULL::VARCHAR AS eval_id WHERE false")
