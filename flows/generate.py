@@ -102,9 +102,10 @@ def build_traces(run_id: str, recipe: Recipe, backend: str, problems: list[Probl
             if pin is not None and pout is not None and s.completion_tokens is not None:
                 cost = ((s.prompt_tokens or 0) * pin + s.completion_tokens * pout) / 1e6
             traces.append(Trace(
-                trace_id=make_trace_id(problem.problem_id, recipe.model, sampling, i), run_id=run_id,
+                trace_id=make_trace_id(prompt, recipe.model, sampling, i), run_id=run_id,
                 problem_id=problem.problem_id, sample_index=i, source=problem.source, domain=problem.domain,
-                prompt=prompt, reference=problem.reference, teacher=recipe.model, backend=backend,
+                prompt=prompt, question=problem.question, reference=problem.reference, teacher=recipe.model,
+                backend=backend,
                 sampling=sampling, completion=s.text, reasoning=reasoning, answer=answer,
                 finish_reason=s.finish_reason, prompt_tokens=s.prompt_tokens,
                 completion_tokens=s.completion_tokens, latency_s=s.latency_s, cost_usd=cost,

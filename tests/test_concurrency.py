@@ -51,10 +51,11 @@ WRITER = _PRELUDE + textwrap.dedent("""
         for i in range(rows):
             problem_id, sample_index = f"{run_id}-s{shard}-p{i // 4}", i % 4
             reasoning = f"shard {shard} row {i}: add the tens, then the ones, and check again."
+            prompt = [{"role": "user", "content": f"{problem_id}: what is {i} + {shard}?"}]
             traces.append(Trace(
-                trace_id=make_trace_id(problem_id, "teacher", sampling, sample_index), run_id=run_id,
+                trace_id=make_trace_id(prompt, "teacher", sampling, sample_index), run_id=run_id,
                 problem_id=problem_id, sample_index=sample_index, source="synthetic", domain="math",
-                prompt=[{"role": "user", "content": f"What is {i} + {shard}?"}], reference=str(i + shard),
+                prompt=prompt, reference=str(i + shard),
                 teacher="teacher", backend="test", sampling=sampling,
                 completion=f"<think>{reasoning}</think>\\n\\\\boxed{{{i + shard}}}", reasoning=reasoning,
                 answer=f"\\\\boxed{{{i + shard}}}", finish_reason="length" if i % 10 == 9 else "stop",

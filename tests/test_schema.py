@@ -21,10 +21,21 @@ def test_split_think_close_without_open():
 def test_trace_id_is_deterministic_and_sensitive():
     s = sampling_json({"temperature": 0.6, "n": 4})
     assert s == sampling_json({"n": 4, "temperature": 0.6})
-    a = make_trace_id("p", "m", s, 0)
-    assert a == make_trace_id("p", "m", s, 0)
-    assert len({a, make_trace_id("p", "m", s, 1), make_trace_id("q", "m", s, 0),
-                make_trace_id("p", "m2", s, 0), make_trace_id("p", "m", sampling_json({"n": 8}), 0)}) == 5
+    p = [{"role": "user", "content": "What is 1 + 1?"}]
+    a = make_trace_id(p, "m", s, 0)
+    assert a == make_trace_id([dict(m) for m in p], "m", {"temperature": 0.6, "n": 4}, 0)
+    others = {make_trace_id(p, "m", s, 1), make_trace_id([{"role": "user", "content": "What is 1 + 2?"}], "m", s, 0),
+              make_trace_id(p, "m2", s, 0), make_trace_id(p, "m", {"temperature": 0.7}, 0)}
+    assert len({a, *others}) == 5
+
+
+def test_trace_id_ignores_n_but_not_the_prompt_around_the_question():
+    p = [{"role": "user", "content": "What is 1 + 1?"}]
+    assert make_trace_id(p, "m", {"temperature": 0.6, "n": 4}, 3) == make_trace_id(p, "m", {"temperature": 0.6, "n": 8}, 3)
+    # same question, another system prompt / few-shot turn: another sample
+    with_system = [{"role": "system", "content": "Think step by step."}, *p]
+    with_shot = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}, *p]
+    assert len({make_trace_id(x, "m", {}, 0) for x in (p, with_system, with_shot)}) == 3
 
 
 def test_table_round_trip_keeps_nulls_and_scores(make_trace):
