@@ -74,9 +74,24 @@ def sections() -> dict[str, str]:
     from flows.recipe import reference_markdown
     from trainers.sft import TrainConfig
 
-    return {"train-reference": reference_markdown(TrainConfig),
+    return {"run-identity": run_identity_markdown(),
+            "train-reference": reference_markdown(TrainConfig),
             "pipeline-reference": reference_markdown(PipelineConfig),
             "cli-reference": cli_reference()}
+
+
+def run_identity_markdown() -> str:
+    """Which recipe keys make a run what it is, and which only say how it runs (flows/recipe.py)."""
+    from flows.recipe import EXECUTION_KEYS, KEYS
+
+    same = ", ".join(f"`{k}`" for k in KEYS if k in EXECUTION_KEYS)
+    new = ", ".join(f"`{k}`" for k in KEYS if k not in EXECUTION_KEYS)
+    return (f"- **Keys that keep the run** (how and where it runs; change them between calls freely): {same}.\n"
+            f"- **Keys that make another run** (which problems, samples and decisions): {new}. The new run still "
+            "copies every stored sample it can use: only a change of the prompt (`system_prompt`, `few_shot`, "
+            "`prompt_template`), the teacher (`model`) or a sampling parameter (`temperature`, `top_p`, "
+            "`max_tokens`, `seed`, `stop`) makes samples the teacher has not been paid for yet; a larger `n` "
+            "pays only for the new sample indices.")
 
 
 def section(text: str, name: str) -> str:

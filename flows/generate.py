@@ -1,9 +1,20 @@
 """The `generate` flow: load → generate → verify → filter → store, shard by shard.
 
-A shard is a fixed slice of the problems and one part file. Its part is written last, so a shard
-whose part holds all its samples is done: a rerun of the same recipe skips it and does only what
-is missing. Shards are Prefect tasks on the recipe's task runner (threads, Dask or Ray); each
-process keeps one teacher engine, used by one shard at a time, while other shards verify and write.
+Never pay twice, never lose a sample:
+- A sample's identity (trace_id) is what produced it: the rendered prompt, the teacher, the sampling
+  parameters (not `n`) and its index. Before asking the teacher, a shard looks the ids it needs up in
+  the whole warehouse (every run's parts and checkpoints) and copies what is there (`reused_from`
+  names the run that paid for it): re-filtering, new thresholds, a new verifier, more samples per
+  problem, other concurrency or a moved warehouse never regenerate a stored sample.
+- A problem's shard is fixed by the run's plan (<warehouse>/plans/<run_id>.json), written when the
+  run starts and only ever extended: problems inserted, deleted or reordered in the dataset never
+  move. New problems go to new shards; a deleted problem's samples stay, rejected as
+  `removed_from_dataset` (and come back, unpaid, if it returns).
+- Finished samples are written to checkpoint files as they arrive (every `checkpoint_seconds`), so a
+  crash, a kill -9 or a permanent error loses at most what was in flight; the shard's part, written
+  last, folds them in. A shard whose part holds all its samples is done and is skipped.
+Shards are Prefect tasks on the recipe's task runner (threads, Dask or Ray); each process keeps one
+teacher engine, used by one shard at a time, while other shards verify and write.
 """
 import hashlib
 import platform
@@ -87,30 +98,73 @@ def run_id_for(recipe: Recipe, fresh: bool = False) -> str:
     return rid + datetime.now(timezone.utc).strftime("-%Y%m%dT%H%M%S") if fresh else rid
 
 
-def build_traces(run_id: str, recipe: Recipe, backend: str, problems: list[Problem],
-                 prompts: list[list[dict]], samples: list[list], indices: list[list[int]] | None = None) -> list[Trace]:
-    """Traces for the samples that finished; `indices` gives each sample's sample_index (default 0..n-1)."""
+def prompt_for(recipe: Recipe, problem: Problem) -> list[dict]:
+    """The chat messages the teacher sees for a problem: part of each of its samples' identity."""
+    return build_messages(problem.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+
+
+def sample_ids(recipe: Recipe, problem: Problem, prompt: list[dict] | None = None) -> list[str]:
+    """The trace ids of a problem's samples 0..n-1 in this recipe."""
+    prompt = prompt or prompt_for(recipe, problem)
     sampling = sampling_json(sampling_for(recipe).as_dict())
+    return [make_trace_id(prompt, recipe.model, sampling, i) for i in range(recipe.n)]
+
+
+def make_trace(run_id: str, recipe: Recipe, backend: str, problem: Problem, prompt: list[dict], index: int,
+               s) -> Trace:
+    """The row of one finished sample (a generators.base.Sample) of a problem."""
+    sampling = sampling_json(sampling_for(recipe).as_dict())
+    reasoning, answer = split_think(s.text)
     pin, pout = recipe.price_input_per_mtok, recipe.price_output_per_mtok
-    traces = []
-    for j, (problem, prompt, outs) in enumerate(zip(problems, prompts, samples)):
-        for i, s in zip(indices[j] if indices else range(len(outs)), outs):
-            if s.finish_reason == "error":
-                continue
-            reasoning, answer = split_think(s.text)
-            cost = None
-            if pin is not None and pout is not None and s.completion_tokens is not None:
-                cost = ((s.prompt_tokens or 0) * pin + s.completion_tokens * pout) / 1e6
-            traces.append(Trace(
-                trace_id=make_trace_id(prompt, recipe.model, sampling, i), run_id=run_id,
-                problem_id=problem.problem_id, sample_index=i, source=problem.source, domain=problem.domain,
-                prompt=prompt, question=problem.question, reference=problem.reference, teacher=recipe.model,
-                backend=backend,
-                sampling=sampling, completion=s.text, reasoning=reasoning, answer=answer,
-                finish_reason=s.finish_reason, prompt_tokens=s.prompt_tokens,
-                completion_tokens=s.completion_tokens, latency_s=s.latency_s, cost_usd=cost,
-            ))
-    return traces
+    cost = None
+    if pin is not None and pout is not None and s.completion_tokens is not None:
+        cost = ((s.prompt_tokens or 0) * pin + s.completion_tokens * pout) / 1e6
+    return Trace(
+        trace_id=make_trace_id(prompt, recipe.model, sampling, index), run_id=run_id,
+        problem_id=problem.problem_id, sample_index=index, source=problem.source, domain=problem.domain,
+        prompt=prompt, question=problem.question, reference=problem.reference, teacher=recipe.model,
+        backend=backend, sampling=sampling, completion=s.text, reasoning=reasoning, answer=answer,
+        finish_reason=s.finish_reason, prompt_tokens=s.prompt_tokens,
+        completion_tokens=s.completion_tokens, latency_s=s.latency_s, cost_usd=cost,
+    )
+
+
+def reuse(t: Trace, run_id: str, problem: Problem) -> Trace:
+    """A stored sample taken into this run: same sample (id, prompt, completion, usage, created_at), this
+    run's row, the paying run in `reused_from`; verdict and decisions are this run's to make."""
+    if t.run_id != run_id:  # this run's own checkpoint rows were paid for by this run
+        t.reused_from = t.reused_from or t.run_id
+    t.run_id, t.question = run_id, t.question or problem.question
+    t.problem_id, t.source, t.domain, t.reference = problem.problem_id, problem.source, problem.domain, problem.reference
+    t.correct = t.verifier = t.verdict_reason = t.extracted_answer = None
+    t.scores, t.kept, t.rejected_by, t.rejected_stage = {}, None, None, None
+    return t
+
+
+class Checkpoints:
+    """One shard's finished samples, written to checkpoint files as they arrive.
+
+    `add` buffers a row and writes the buffer when `every_s` seconds have passed since the last write
+    (0: at once); `flush` writes what is left. A kill -9 loses the buffer and what was in flight.
+    """
+
+    def __init__(self, wh: Warehouse, run_id: str, shard: int, every_s: float):
+        self.wh, self.run_id, self.shard, self.every_s = wh, run_id, shard, every_s
+        self.buffer: list[Trace] = []
+        self.written = 0
+        self.last = time.monotonic()
+
+    def add(self, trace: Trace) -> None:
+        self.buffer.append(trace)
+        if time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.wh.write_checkpoint(self.run_id, self.shard, self.buffer)
+            self.written += len(self.buffer)
+            self.buffer = []
+        self.last = time.monotonic()
 
 
 @task(name="load-problems", cache_policy=NO_CACHE)
@@ -157,8 +211,21 @@ def filters_for(recipe: Recipe, run_id: str, base_dir: Path | None) -> tuple[lis
 
 
 def shard_key(problems: list[Problem], n: int) -> str:
-    """Which samples a shard is made of: a grown dataset changes the key of the shards it grew."""
+    """Which samples a shard is made of: a shard whose problems changed (added to the dataset since, or
+    deleted from it) has another key and is done again, from stored samples where they exist."""
     return hashlib.sha256(f"{n}|{'|'.join(p.problem_id for p in problems)}".encode()).hexdigest()[:16]
+
+
+def plan_shards(previous: list[list[str]] | None, problem_ids: list[str], shard_size: int) -> list[list[str]]:
+    """The run's shards as lists of problem ids: the previous plan unchanged, then new shards of the
+    problems it lacks, in dataset order. A problem never moves to another shard."""
+    plan = [list(s) for s in previous or []]
+    planned = {pid for s in plan for pid in s}
+    new = [pid for pid in dict.fromkeys(problem_ids) if pid not in planned]
+    return plan + [new[i:i + shard_size] for i in range(0, len(new), shard_size)]
+
+
+REMOVED = "removed_from_dataset"
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -175,61 +242,99 @@ def _retry_transient(task, task_run, state) -> bool:
 @task(name="shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=_retry_transient)
 def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: list[Problem],
-               base_dir: Path | None) -> dict:
+               base_dir: Path | None, stored: dict[str, tuple[str, str]] | None = None) -> dict:
     """Generate, verify, filter and store one shard; returns its counts, timings and failed samples.
 
-    A shard whose part is short (samples the backend gave up on, or problems added to the dataset
-    since) generates only the missing sample indices, then re-filters the whole shard: per-problem
-    steps need all of its samples.
+    `problems` are the shard's problems in the dataset now; `stored` says where samples it needs are
+    already stored ({trace_id: (file, paying run)}, from Warehouse.find_samples). The shard keeps the
+    rows of its part, copies stored samples, asks the teacher only for the rest (checkpointing them as
+    they finish), then verifies what is new to it and re-filters the whole shard: per-problem steps
+    need all of its samples. Rows of problems deleted from the dataset stay, rejected as REMOVED.
     """
     wh = Warehouse(recipe.warehouse)
     timings: dict[str, float] = {}
     existing = wh.read_part(run_id, shard) if wh.part_exists(run_id, shard) else []
-    have = {(t.problem_id, t.sample_index) for t in existing}
-    missing = {p.problem_id: [i for i in range(recipe.n) if (p.problem_id, i) not in have] for p in problems}
+    have = {t.trace_id for t in existing}
+    by_id = {p.problem_id: p for p in problems}
+    prompts = {p.problem_id: prompt_for(recipe, p) for p in problems}
+    ids = {p.problem_id: sample_ids(recipe, p, prompts[p.problem_id]) for p in problems}
+    want = {tid: (pid, i) for pid, tids in ids.items() for i, tid in enumerate(tids) if tid not in have}
+    found = {tid: where for tid, where in (stored or {}).items() if tid in want}
+    copied = [reuse(t, run_id, by_id[want[t.trace_id][0]]) for t in wh.read_samples(found) if t.trace_id in want]
+    got = {t.trace_id for t in copied}
+    missing = {p.problem_id: [i for i, tid in enumerate(ids[p.problem_id]) if tid in want and tid not in got]
+               for p in problems}
     by_count: dict[int, list[Problem]] = {}
     for p in problems:
         if missing[p.problem_id]:
             by_count.setdefault(len(missing[p.problem_id]), []).append(p)
-    new, failures = [], []
+    generated, failures, calls = [], [], 0
+    ckpt = Checkpoints(wh, run_id, shard, recipe.checkpoint_seconds)
     if by_count:
         teacher, engine_lock = teacher_for(recipe, backend, timings)
-    t0, gen_s = time.perf_counter(), 0.0
+    gen_s = 0.0
     for k, group in sorted(by_count.items()):
-        prompts = [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
-                   for p in group]
+        conversations = [prompts[p.problem_id] for p in group]
         sampling = sampling_for(recipe)
         sampling.n = k
         indices = [missing[p.problem_id] for p in group]  # backends that seed per sample use them
-        if backend == "openai":  # a server batches requests itself; the backend caps them
-            g0 = time.perf_counter()
-            samples = teacher.generate(prompts, sampling, indices=indices)
-        else:
-            with engine_lock:  # time spent waiting for the engine is not generation time
+        done: set[tuple[int, int]] = set()
+
+        def on_sample(j: int, pos: int, s, group=group, indices=indices, done=done) -> None:
+            """A finished sample: into the checkpoint at once, or into the failures with its reason."""
+            done.add((j, pos))
+            p, i = group[j], indices[j][pos]
+            if s.finish_reason == "error":
+                failures.append({"problem_id": p.problem_id, "sample_index": i, "error": s.error})
+                return
+            t = make_trace(run_id, recipe, backend, p, prompts[p.problem_id], i, s)
+            generated.append(t)
+            ckpt.add(t)
+
+        calls += 1
+        try:
+            if backend == "openai":  # a server batches requests itself; the backend caps them
                 g0 = time.perf_counter()
-                samples = teacher.generate(prompts, sampling, indices=indices)
+                samples = teacher.generate(conversations, sampling, indices=indices, on_sample=on_sample)
+            else:
+                with engine_lock:  # time spent waiting for the engine is not generation time
+                    g0 = time.perf_counter()
+                    samples = teacher.generate(conversations, sampling, indices=indices, on_sample=on_sample)
+        finally:
+            ckpt.flush()  # a failed call keeps what finished before it failed
         gen_s += time.perf_counter() - g0
-        new += build_traces(run_id, recipe, backend, group, prompts, samples, indices)
-        failures += [{"problem_id": p.problem_id, "sample_index": i, "error": s.error}
-                     for p, idx, outs in zip(group, indices, samples) for i, s in zip(idx, outs)
-                     if s.finish_reason == "error"]
+        for j, outs in enumerate(samples):  # a backend that returned samples without announcing them
+            for pos, s in enumerate(outs):
+                if (j, pos) not in done:
+                    on_sample(j, pos, s)
+        ckpt.flush()
     t1 = time.perf_counter()
+    new = copied + generated
     verdicts = verify_batch(recipe.verifier, [(t.completion, t.reference) for t in new], workers=recipe.verify_workers)
     for t, v in zip(new, verdicts):
         t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.verifier, v.reason, v.extracted
     t2 = time.perf_counter()
-    traces = sorted(existing + new, key=lambda t: (t.problem_id, t.sample_index))
+    rows = sorted(existing + new, key=lambda t: (t.problem_id, t.sample_index))
+    active = [t for t in rows if t.problem_id in by_id]
+    removed = [t for t in rows if t.problem_id not in by_id]
     run_filters, filters_lock = filters_for(recipe, run_id, base_dir)
     with filters_lock:  # filter objects keep state (dedup) and are not thread-safe
-        reports = filters_mod.apply_filters(traces, run_filters).reports  # this shard's, not the process's
-    select_per_problem(traces, recipe.keep_per_problem, recipe.prefer, recipe.pass_rate_min, recipe.pass_rate_max)
+        reports = filters_mod.apply_filters(active, run_filters).reports  # this shard's, not the process's
+    select_per_problem(active, recipe.keep_per_problem, recipe.prefer, recipe.pass_rate_min, recipe.pass_rate_max)
+    for t in removed:  # never deleted: a paid-for sample, and the problem may come back
+        t.kept, t.rejected_by, t.rejected_stage = False, REMOVED, "dataset"
     t3 = time.perf_counter()
-    if traces:
-        wh.write_part(run_id, shard, traces, expected=len(problems) * recipe.n, key=shard_key(problems, recipe.n))
+    if rows:
+        wh.write_part(run_id, shard, rows, expected=len(problems) * recipe.n + len(removed),
+                      key=shard_key(problems, recipe.n))
+    wh.drop_checkpoints(run_id, shard)  # the part, renamed into place, holds every checkpointed sample
     t4 = time.perf_counter()
     timings.update(generate=gen_s, verify=t2 - t1, filter=t3 - t2, write=t4 - t3)
-    return {"shard": shard, "samples": len(new), "kept": sum(1 for t in traces if t.kept), "failures": failures,
-            "completion_tokens": sum(t.completion_tokens or 0 for t in new), "timings": timings,
+    return {"shard": shard, "samples": len(new), "generated": len(generated),
+            "reused": sum(1 for t in copied if t.reused_from), "recovered": sum(1 for t in copied if not t.reused_from),
+            "reused_from": sorted({t.reused_from for t in copied if t.reused_from}), "teacher_calls": calls,
+            "kept": sum(1 for t in rows if t.kept), "failures": failures,
+            "completion_tokens": sum(t.completion_tokens or 0 for t in generated), "timings": timings,
             "filter_reports": reports}
 
 
@@ -305,13 +410,23 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     started = time.time()
     timings: dict[str, float] = {}  # this call's, summed over the shards it ran
     problems = load_task(recipe, base_dir)
-    shards = [problems[i:i + recipe.shard_size] for i in range(0, len(problems), recipe.shard_size)]
-    todo = [i for i in range(len(shards))
-            if wh.part_missing(run_id, i, shard_key(shards[i], recipe.n)) != 0]
+    by_id = {p.problem_id: p for p in problems}  # a question given twice is one problem
+    plan = plan_shards(wh.read_plan(run_id), list(by_id), recipe.shard_size)
+    if plan != wh.read_plan(run_id):
+        wh.write_plan(run_id, plan)  # before any shard is stored: the shards' contents are fixed from here
+    shards = [[by_id[pid] for pid in ids if pid in by_id] for ids in plan]
+    todo = [i for i in range(len(plan))
+            if (shards[i] or wh.part_exists(run_id, i))
+            and wh.part_missing(run_id, i, shard_key(shards[i], recipe.n)) != 0]
+    for i in set(range(len(plan))) - set(todo):  # a crash between a part's rename and its checkpoints' removal
+        wh.drop_checkpoints(run_id, i)
+    # The generation cache: where the samples the shards to do need are stored, in any run.
+    stored = wh.find_samples(tid for i in todo for p in shards[i] for tid in sample_ids(recipe, p))
     backend = backend_for(recipe)
     previous = wh.read_run(run_id) or {}
     call = {"started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None, "status": "running",
-            "shards_done": 0, "timings": timings}
+            "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
+            "reused_from": []}
     calls = [*_calls_before(previous), call]
     by_shard = {e["shard"]: e["filters"] for e in previous.get("filters_by_shard") or []}
     if previous.get("filters") and "filters_by_shard" not in previous:
@@ -321,7 +436,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
         "status": "running", "started_at": call["started_at"], "finished_at": None,
         "backend": backend, "teacher": recipe.model, "versions": versions(), "git_sha": git_sha(),
-        "problems": len(problems), "shards": len(shards), "shards_resumed": len(shards) - len(todo),
+        "problems": len(by_id), "shards": len(shards), "shards_resumed": len(shards) - len(todo),
         "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
         "error": None, "failed_samples": 0, "failures": [],
     }
@@ -332,6 +447,10 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         """Write the record as it stands: after each shard too, so a killed call loses no finished shard's report."""
         timings["wall"] = time.time() - started
         run["timings"] = _total_timings(calls)
+        # over every call of the run: samples paid for, samples copied from other runs, teacher calls made
+        run["samples_generated"] = sum(c.get("generated") or 0 for c in calls)
+        run["samples_reused"] = sum(c.get("reused") or 0 for c in calls)
+        run["teacher_calls"] = sum(c.get("teacher_calls") or 0 for c in calls)
         run["filters_by_shard"] = [{"shard": i, "filters": by_shard[i]} for i in sorted(by_shard)]
         run["filters"] = filters_mod.merge_filter_reports([by_shard[i] for i in sorted(by_shard)])
         wh.write_run(run)
@@ -339,7 +458,9 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     record()
     try:
         if todo:
-            futures = [shard_task.submit(recipe, run_id, backend, i, shards[i], base_dir) for i in todo]
+            futures = [shard_task.submit(recipe, run_id, backend, i, shards[i], base_dir,
+                                         {tid: stored[tid] for p in shards[i] for tid in sample_ids(recipe, p)
+                                          if tid in stored}) for i in todo]
             failures, errors = [], []
             with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=sys.stderr) as bar:
                 for fut in as_completed(futures):
@@ -354,6 +475,9 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                     for k, v in counts["timings"].items():
                         timings[k] = timings.get(k, 0.0) + v
                     call["shards_done"] += 1
+                    for k in ("generated", "reused", "recovered", "teacher_calls"):
+                        call[k] += counts[k]
+                    call["reused_from"] = sorted(set(call["reused_from"]) | set(counts["reused_from"]))
                     run["failed_samples"] = len(failures)
                     run["failures"] = failures[:100]  # the first ones, with the backend's error; the count is exact
                     record()

@@ -113,7 +113,11 @@ class Recipe:
         "help": "Address of an existing Dask scheduler (or Ray cluster) to run shards on."})
     # storage
     warehouse: str = field(default="./distill-data", metadata={"help": "Warehouse root folder."})
-    shard_size: int = field(default=8, metadata={"help": "Problems per shard (one part file, one resume unit)."})
+    shard_size: int = field(default=8, metadata={
+        "help": "Problems per new shard (one part file). A problem keeps the shard it was first given in a run."})
+    checkpoint_seconds: float = field(default=30.0, metadata={
+        "help": "Finished samples are written to a checkpoint at least this often while a shard generates "
+                "(0 = every sample as it finishes): a crash loses at most this much and what was in flight."})
 
     def __post_init__(self):
         def bad(key, expected):
@@ -145,6 +149,8 @@ class Recipe:
                 bad(key, "a number in [0, 1] or null")
         if self.api_mode not in ("chat", "completions"):
             bad("api_mode", "chat or completions")
+        if not isinstance(self.checkpoint_seconds, (int, float)) or self.checkpoint_seconds < 0:
+            bad("checkpoint_seconds", "a number of seconds >= 0")
         for key in ("concurrency", "max_retries"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < (1 if key == "concurrency" else 0):
                 bad(key, "a whole number >= " + ("1" if key == "concurrency" else "0"))
@@ -172,12 +178,29 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict:
+        """The keys that make a run what it is: which problems, which samples, which decisions."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+
     def fingerprint(self) -> str:
-        """Same resolved recipe, same fingerprint: a rerun lands in the same run and resumes it."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """Same problems, samples and decisions, same fingerprint: a rerun lands in the same run and resumes it,
+        whatever changed in how or where it runs (EXECUTION_KEYS)."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
 
 
 KEYS = {f.name: f for f in dataclasses.fields(Recipe)}
+
+# How and where a run executes: none of these changes a sample (its identity is the rendered prompt, the
+# teacher, the sampling parameters and its index) nor a decision, so changing one between calls keeps the
+# run id, and the run resumes instead of starting over. (The teacher's dtype and engine settings are here
+# too: the model is the same model, whichever engine or precision serves it.)
+EXECUTION_KEYS = frozenset({
+    "backend", "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size",
+    "api_base", "api_key_env", "api_mode", "tokenizer", "api_send_seed", "concurrency", "request_timeout",
+    "max_retries", "price_input_per_mtok", "price_output_per_mtok", "verify_workers",
+    "task_runner", "parallel_shards", "dask_address", "warehouse", "shard_size", "checkpoint_seconds",
+})
+assert EXECUTION_KEYS <= set(KEYS), EXECUTION_KEYS - set(KEYS)
 
 
 def parse_set(pairs: list[str]) -> dict:

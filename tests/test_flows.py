@@ -282,7 +282,7 @@ class ScriptedGenerator:
         self.calls = 0
         self.lock = threading.Lock()
 
-    def generate(self, conversations, sampling, indices=None):
+    def generate(self, conversations, sampling, indices=None, on_sample=None):
         from generators.base import Sample
 
         with self.lock:

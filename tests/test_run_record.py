@@ -32,7 +32,7 @@ class ScriptedTeacher:
     def __init__(self):
         self.fail_on: set[str] = set()
 
-    def generate(self, conversations, sampling, indices=None):
+    def generate(self, conversations, sampling, indices=None, on_sample=None):
         from generators.base import BackendError, Sample
 
         time.sleep(0.05)  # some generation time to record

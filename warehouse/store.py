@@ -1,12 +1,17 @@
 """Parquet part files plus a DuckDB catalog of views over them.
 
-<root>/traces/run_id=<id>/part-<shard>.parquet   one file per shard, written once
+<root>/traces/run_id=<id>/part-<shard>.parquet   one file per shard: its samples, verified and filtered
+<root>/traces/run_id=<id>/ckpt-<shard>-*.parquet samples of a shard still generating, raw, written as they
+                                                 finish; folded into the part when the shard completes
 <root>/traces/run_id=<id>/journey-<mode>.parquet journey rows built from the run's samples (kind = journey)
 <root>/runs/<run_id>.json                        what ran: recipe, versions, counts, timings
+<root>/plans/<run_id>.json                       which problems each shard holds: extended, never reordered
 <root>/catalog.duckdb                            views only; rebuilt from the files at any time
 
 The files are the truth and the catalog is derived from them, so a lost or stale catalog costs a
-refresh, never data.
+refresh, never data. Every stored sample, in a part or a checkpoint of any run, is in the generation
+cache (`find_samples`): a run that needs a sample with the same trace_id copies it instead of paying
+the teacher again.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import fcntl
 import json
 import os
 import threading
+import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,7 +42,10 @@ VIEWS = {
                count(*) FILTER (WHERE correct)                      AS correct,
                count(*) FILTER (WHERE correct IS NULL)              AS unverifiable,
                count(*) FILTER (WHERE kept)                         AS kept,
-               sum(completion_tokens)                               AS completion_tokens
+               sum(completion_tokens)                               AS completion_tokens,
+               -- generated: paid for by this run; reused: copied from the run that paid (reused_from)
+               count(*) FILTER (WHERE reused_from IS NULL)          AS generated,
+               count(*) FILTER (WHERE reused_from IS NOT NULL)      AS reused
         FROM traces WHERE kind = 'sample' GROUP BY run_id""",
     # Journey rows per run and mode: how many were tried and kept, and the samples they came from.
     "journeys": """
@@ -143,6 +153,69 @@ class Warehouse:
     def parts(self) -> list[Path]:
         return sorted((self.root / "traces").glob("run_id=*/part-*.parquet"))
 
+    # -- checkpoints: a shard's finished samples, before the shard is done ------------------------
+    def checkpoint_paths(self, run_id: str, shard: int) -> list[Path]:
+        return sorted((self.root / "traces" / f"run_id={run_id}").glob(f"ckpt-{shard:05d}-*.parquet"))
+
+    def write_checkpoint(self, run_id: str, shard: int, traces: list[Trace]) -> Path:
+        """A small part file of raw samples (not yet verified or filtered), under a name no other writer
+        uses; atomic like every part. The shard's part, once written, holds them all and replaces them."""
+        name = f"ckpt-{shard:05d}-{time.time_ns()}-{os.getpid()}-{threading.get_ident()}.parquet"
+        return _write_atomic(self.root / "traces" / f"run_id={run_id}" / name, to_table(traces))
+
+    def drop_checkpoints(self, run_id: str, shard: int) -> None:
+        """After the shard's part is written: its checkpoints hold nothing the part does not."""
+        for path in self.checkpoint_paths(run_id, shard):
+            path.unlink(missing_ok=True)
+
+    # -- the generation cache ---------------------------------------------------------------------
+    def find_samples(self, trace_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Where stored samples with these ids are: {trace_id: (file, the run that generated it)}.
+
+        Looks in every run's parts and checkpoints (journey rows are not samples). A part is preferred
+        over a checkpoint; among copies of one sample any will do: the same id is the same sample.
+        """
+        wanted = pa.table({"trace_id": pa.array(sorted(set(trace_ids)), pa.string())})
+        files = [str(p) for p in (self.root / "traces").glob("run_id=*/*.parquet")
+                 if p.name.startswith(("part-", "ckpt-"))]
+        if not files or not wanted.num_rows:
+            return {}
+        con = duckdb.connect()
+        try:
+            con.register("wanted", wanted)
+            rows = con.execute(
+                f"SELECT trace_id, filename, coalesce(reused_from, run_id) FROM read_parquet({_sql_list(files)}, "
+                "filename = true, union_by_name = true) WHERE kind = 'sample' AND trace_id IN (SELECT trace_id FROM "
+                "wanted) ORDER BY trace_id, starts_with(parse_filename(filename), 'ckpt-'), filename").fetchall()
+        finally:
+            con.close()
+        found: dict[str, tuple[str, str]] = {}
+        for trace_id, filename, origin in rows:
+            found.setdefault(trace_id, (filename, origin))
+        return found
+
+    def read_samples(self, found: dict[str, tuple[str, str]]) -> list[Trace]:
+        """The stored rows `find_samples` located, one per trace_id."""
+        by_file: dict[str, list[str]] = {}
+        for trace_id, (path, _) in found.items():
+            by_file.setdefault(path, []).append(trace_id)
+        out: dict[str, Trace] = {}
+        for path, ids in sorted(by_file.items()):
+            for t in from_table(pq.read_table(path, filters=[("trace_id", "in", ids)])):
+                out.setdefault(t.trace_id, t)
+        return [out[i] for i in sorted(out)]
+
+    # -- the shard plan ---------------------------------------------------------------------------
+    def plan_path(self, run_id: str) -> Path:
+        return self.root / "plans" / f"{run_id}.json"
+
+    def read_plan(self, run_id: str) -> list[list[str]] | None:
+        path = self.plan_path(run_id)
+        return json.loads(path.read_text())["shards"] if path.exists() else None
+
+    def write_plan(self, run_id: str, shards: list[list[str]]) -> Path:
+        return _write_text_atomic(self.plan_path(run_id), json.dumps({"run_id": run_id, "shards": shards}))
+
     def journey_path(self, run_id: str, mode: str) -> Path:
         return self.root / "traces" / f"run_id={run_id}" / f"journey-{mode}.parquet"
 
@@ -154,12 +227,8 @@ class Warehouse:
 
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, run: dict) -> Path:
-        path = self.root / "runs" / f"{run['run_id']}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(run, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
-        return path
+        return _write_text_atomic(self.root / "runs" / f"{run['run_id']}.json",
+                                  json.dumps(run, indent=2, sort_keys=True, default=str))
 
     def read_run(self, run_id: str) -> dict | None:
         path = self.root / "runs" / f"{run_id}.json"
@@ -278,6 +347,18 @@ def _write_atomic(path: Path, table: pa.Table) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
     pq.write_table(table, tmp, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _write_text_atomic(path: Path, text: str) -> Path:
+    """A text file written whole or not at all. The temporary name ends in neither `.json` nor `.parquet`,
+    so no glob of the warehouse's readers ever matches a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(text, encoding="utf-8")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
