@@ -162,7 +162,7 @@ def print_funnel(root: str, run_id: str, run: dict) -> None:
                             ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
         out.print(by_step)
     timings = run.get("timings", {})  # summed over the run's calls, like the tokens
-    tokens = f.get("completion_tokens") or 0
+    tokens = f.get("generated_tokens") or 0  # the teacher's own: copied samples took no generation time
     gen = timings.get("generate", 0.0)
     rate = f"{tokens / gen:,.0f} tokens/s" if gen else "no generation time recorded"
     out.print(f"tokens generated: {tokens:,}  ·  {rate}  ·  wall {timings.get('wall', 0):.1f} s"

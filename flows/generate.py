@@ -426,7 +426,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     previous = wh.read_run(run_id) or {}
     call = {"started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None, "status": "running",
             "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
-            "reused_from": []}
+            "completion_tokens": 0, "reused_from": []}
     calls = [*_calls_before(previous), call]
     by_shard = {e["shard"]: e["filters"] for e in previous.get("filters_by_shard") or []}
     if previous.get("filters") and "filters_by_shard" not in previous:
@@ -475,8 +475,8 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                     for k, v in counts["timings"].items():
                         timings[k] = timings.get(k, 0.0) + v
                     call["shards_done"] += 1
-                    for k in ("generated", "reused", "recovered", "teacher_calls"):
-                        call[k] += counts[k]
+                    for k in ("generated", "reused", "recovered", "teacher_calls", "completion_tokens"):
+                        call[k] += counts[k]  # completion_tokens: what the teacher generated in this call
                     call["reused_from"] = sorted(set(call["reused_from"]) | set(counts["reused_from"]))
                     run["failed_samples"] = len(failures)
                     run["failures"] = failures[:100]  # the first ones, with the backend's error; the count is exact
@@ -514,10 +514,11 @@ def summary_artifact(wh: Warehouse, run: dict) -> None:
     cols, rows = wh.query("SELECT * FROM funnel WHERE run_id = ?", [run["run_id"]])
     f = dict(zip(cols, rows[0])) if rows else {}
     t = run["timings"]
-    rate = (f.get("completion_tokens") or 0) / t["generate"] if t.get("generate") else 0
+    rate = (f.get("generated_tokens") or 0) / t["generate"] if t.get("generate") else 0
     md = [f"# {run['run_id']}: {run['status']}", "",
           f"problems {f.get('problems', 0)} → samples {f.get('samples', 0)} → correct {f.get('correct', 0)} "
-          f"→ kept {f.get('kept', 0)}; {f.get('completion_tokens') or 0:,} tokens at {rate:,.0f} tokens/s", "",
+          f"→ kept {f.get('kept', 0)}; {f.get('generated_tokens') or 0:,} tokens generated at {rate:,.0f} tokens/s, "
+          f"{f.get('reused', 0)} samples reused from other runs", "",
           "| step | in | dropped | kept |", "|---|---:|---:|---:|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in steps],
           "", "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.1f} |" for k, v in sorted(t.items())]]
     try:  # the HTML report, <warehouse>/reports/<run_id>.html: a view of the run, never a reason to fail it

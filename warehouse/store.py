@@ -45,7 +45,8 @@ VIEWS = {
                sum(completion_tokens)                               AS completion_tokens,
                -- generated: paid for by this run; reused: copied from the run that paid (reused_from)
                count(*) FILTER (WHERE reused_from IS NULL)          AS generated,
-               count(*) FILTER (WHERE reused_from IS NOT NULL)      AS reused
+               count(*) FILTER (WHERE reused_from IS NOT NULL)      AS reused,
+               sum(completion_tokens) FILTER (WHERE reused_from IS NULL) AS generated_tokens
         FROM traces WHERE kind = 'sample' GROUP BY run_id""",
     # Journey rows per run and mode: how many were tried and kept, and the samples they came from.
     "journeys": """
