@@ -49,6 +49,10 @@ def trace_ids(wh_dir):
     return [r[0] for r in rows]
 
 
+def checkpoints(wh_dir):
+    return sorted((wh_dir / "traces").glob("run_id=*/ckpt-*.parquet")) if (wh_dir / "traces").exists() else []
+
+
 def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tmp_path):
     clean = tmp_path / "clean"
     finish(clean)
@@ -60,18 +64,54 @@ def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tmp_pa
     p = start(crashed)
     kill_when(p, lambda: any((crashed / "runs").glob("*.json")) if (crashed / "runs").exists() else False)
     assert not parts(crashed)
-    # 2. in the middle: one shard stored, the others not
+    # 2. in the middle of a shard: the teacher's samples are in a checkpoint, the shard's part is not written
+    p = start(crashed)
+    kill_when(p, lambda: bool(checkpoints(crashed)))
+    # 3. between shards: one shard stored, the others not
     p = start(crashed)
     kill_when(p, lambda: len(parts(crashed)) >= 1 if (crashed / "traces").exists() else False)
     stored = len(parts(crashed))
     assert 1 <= stored < 4
-    # 3. as soon as a part or the catalog is being written (a temporary file exists), or else at the next part
+    # 4. during the catalog's refresh (it is built under a temporary name, then renamed), or else while a
+    #    part is being written, or else at the next part
     p = start(crashed)
-    kill_when(p, lambda: bool(list(crashed.rglob(".tmp-*"))) or len(parts(crashed)) > stored)
+    kill_when(p, lambda: bool(list(crashed.glob(".tmp-catalog-*")) or list(crashed.rglob(".tmp-*")))
+              or len(parts(crashed)) > stored)
 
     out = finish(crashed)
     got = trace_ids(crashed)
     assert sorted(got) == sorted(expected)  # same samples, each exactly once
     assert "already done" in out.stdout  # the rerun resumed instead of starting over
     (run_id, status), = Warehouse(crashed).query("select run_id, status from runs")[1]
-    assert status == "finished" and len(parts(crashed)) == 4
+    assert status == "finished" and len(parts(crashed)) == 4 and not checkpoints(crashed)
+
+
+def test_sigkill_mid_shard_on_vllm_loses_only_what_was_in_flight(tmp_path):
+    """vLLM hands each sample over as it finishes; with checkpoint_seconds 0 each is on disk at once. Kill -9
+    after the first ones: the rerun takes those from the checkpoints and asks the engine only for the rest."""
+    import pyarrow.parquet as pq
+
+    from flows.generate import problems_for, sample_ids
+    from flows.recipe import load_recipe
+
+    wh_dir = tmp_path / "wh"
+    args = ["run", "recipes/default.yaml", "--limit", "6", "--set", "backend=vllm", "--set", "checkpoint_seconds=0",
+            "--set", "max_tokens=96", "--warehouse", str(wh_dir)]
+    p = subprocess.Popen([*DISTILL, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    kill_when(p, lambda: bool(checkpoints(wh_dir)), timeout=600)
+    assert not parts(wh_dir)  # one shard of 6 problems: killed inside it
+    saved = {t for f in checkpoints(wh_dir) for t in pq.read_table(f, columns=["trace_id"]).column(0).to_pylist()}
+    assert 0 < len(saved) < 6 * 4
+
+    rerun = subprocess.run([*DISTILL, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    wh = Warehouse(wh_dir)
+    (run_id, record), = [(r, wh.read_run(r)) for (r,) in wh.query("select run_id from runs")[1]]
+    call = record["calls"][-1]
+    # the rerun recovered every checkpointed sample and generated exactly the others
+    assert (call["recovered"], call["generated"]) == (len(saved), 6 * 4 - len(saved))
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", {"limit": 6})
+    problems = problems_for(recipe, ROOT / "recipes")
+    assert sorted(trace_ids(wh_dir)) == sorted(t for p_ in problems for t in sample_ids(recipe, p_))
+    assert not checkpoints(wh_dir)
