@@ -1,9 +1,11 @@
-"""The transformers backend: batched `generate` with left padding, the fallback when vLLM is absent."""
+"""The transformers backend: batched `generate` with left padding, the fallback when vLLM is absent.
+
+`on_sample` sees each batch's samples when that batch is done (`batch_size` conversations × `n`)."""
 from __future__ import annotations
 
 import time
 
-from generators.base import BackendError, Sample, SamplingConfig
+from generators.base import BackendError, OnSample, Sample, SamplingConfig
 
 
 class TransformersGenerator:
@@ -24,7 +26,7 @@ class TransformersGenerator:
         self.seed, self.batch_size = seed, batch_size
 
     def generate(self, conversations: list[list[dict]], sampling: SamplingConfig,
-                 indices: list[list[int]] | None = None) -> list[list[Sample]]:
+                 indices: list[list[int]] | None = None, on_sample: OnSample | None = None) -> list[list[Sample]]:
         # `indices` (each sample's index, for per-sample seeds) is unused: this engine seeds globally
         import torch
 
@@ -55,6 +57,9 @@ class TransformersGenerator:
                     samples.append(Sample(tok.decode(ids, skip_special_tokens=True), finish, prompt_tokens,
                                           len(ids) + (stop_at is not None), wall))
                 out.append(samples)
+                if on_sample is not None:
+                    for k, sample in enumerate(samples):
+                        on_sample(i + j, k, sample)
         return out
 
 

