@@ -111,7 +111,7 @@ def test_sigkill_mid_shard_on_vllm_loses_only_what_was_in_flight(tmp_path):
     call = record["calls"][-1]
     # the rerun recovered every checkpointed sample and generated exactly the others
     assert (call["recovered"], call["generated"]) == (len(saved), 6 * 4 - len(saved))
-    recipe = load_recipe(ROOT / "recipes" / "default.yaml", {"limit": 6})
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", {"limit": 6, "max_tokens": 96})
     problems = problems_for(recipe, ROOT / "recipes")
     assert sorted(trace_ids(wh_dir)) == sorted(t for p_ in problems for t in sample_ids(recipe, p_))
     assert not checkpoints(wh_dir)
