@@ -192,3 +192,10 @@ def test_numeral_fast_path_agrees_with_math_verify():
         gold = list(m._gold(ref))
         pred, _ = m._extract(completion.split("</think>")[1])
         assert fast.correct == m._equal(gold, pred), (completion, ref)
+
+
+@pytest.mark.parametrize("reference", ['{"answer": "5"}', str({"answer": "5"})])
+def test_reference_object_is_unverifiable_not_wrong(reference):
+    # An object is not a math answer (a code or countdown reference given to the wrong verifier).
+    v = verify(answer("\\boxed{5}"), reference)
+    assert (v.correct, v.reason) == (None, "unparseable_reference")

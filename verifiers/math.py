@@ -26,7 +26,7 @@ from functools import lru_cache
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify as mv_verify
 from sympy import Mul, Rational, UnevaluatedExpr
 
-from verifiers import Verdict, boxes as find_boxes
+from verifiers import Verdict, boxes as find_boxes, structured
 from warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
 
 _PRED_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
@@ -132,6 +132,8 @@ def verify(completion: str, reference: str | None) -> Verdict:
     if reference is None or not str(reference).strip():
         return Verdict(None, "no_reference")
     ref = str(reference)
+    if isinstance(structured(ref), dict):  # a code or countdown reference: no math answer to compare with
+        return Verdict(None, "unparseable_reference")
     gold_number = _numeral(ref.rsplit("####", 1)[1] if "####" in ref else ref)
     gold = [] if gold_number is not None else list(_gold(ref))
     if gold_number is None and not gold:
