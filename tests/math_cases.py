@@ -87,6 +87,10 @@ CASES: dict[str, list[Case]] = {
         Case("2, 3", "\\boxed{2} \\qquad \\boxed{3}", True),
         Case("2, 3", "$\\boxed{2} ;\\; \\boxed{3}$", True),
         Case("x=2, y=3", "$\\boxed{x=2}$ \\quad \\text{and} \\quad $\\boxed{y=3}$", True),
+        Case("2, 3", "\\boxed{2}\\text{ or }\\boxed{3}", True),
+        Case("2, 3", "\\boxed{2} \\\\ \\boxed{3}", True),
+        Case("2, 3", "(a) \\boxed{2}\n(b) \\boxed{3}", True),
+        Case("a=2, b=3", "\\boxed{a=2} \\quad \\boxed{b=3}", True),
         Case("2, 3", "\\boxed{2} \\quad \\text{and} \\quad \\boxed{4}", False),
         Case("3", "\\boxed{2} \\quad \\text{and} \\quad \\boxed{3}", False),
     ],
@@ -128,6 +132,16 @@ CASES: dict[str, list[Case]] = {
         Case("12", "$\\boxed{12个}$", True),
         Case("\\frac{1}{2}", "最终答案：$\\frac{1}{2}$", True),
         Case("12", "我来回答：一共有12个。", True),
+        Case("\\frac{3}{4}", "Réponse finale : $\\frac{3}{4}$", True),
+        Case("12", "Die Antwort ist 12.", True),
+        Case("12", "**答案**：12", True),
+        Case("12", "答案\n12", True),
+        Case("-3", "答案：-3", True),
+        Case("0.5", "结论：概率为0.5。", True),
+        Case("12", "所以一共需要 １２ 个。", True),
+        Case("C", "答案：C", True),
+        Case("C", "Réponse : (C)", True),
+        Case("C", "答案：D", False),
         Case("12", "答案：13\n\n1. 先计算\n2. 再检查 12", False),
         Case("12", "Réponse : 13\n\n12. Vérification", False),
     ],
@@ -174,6 +188,8 @@ CASES: dict[str, list[Case]] = {
         Case("x = \\pm 2, y = \\pm 3", "\\boxed{3}", False),
         Case("x = \\pm 2, y = \\pm 3", "\\boxed{x = \\pm 2, y = \\pm 4}", False),
         Case("x = 1 \\pm \\sqrt{2}", "\\boxed{x = 1 \\pm \\sqrt{2}}", True),
+        Case("x = \\pm 1", "\\boxed{x = 1, x = -1}", True),
+        Case("x = \\pm 2, y = \\pm 3", "\\boxed{x = \\pm 2}, \\boxed{y = \\pm 3}", True),
     ],
     # Exact quantities are compared exactly, not with math-verify's tolerance (issue 13, point 8).
     "exact_tiny_huge": [
@@ -189,6 +205,11 @@ CASES: dict[str, list[Case]] = {
         Case("10^{-100}", "\\boxed{\\frac{1}{10^{100} + 1}}", False),   # equal to 50 digits, settled exactly
         Case("(10^{7})!", "\\boxed{1 \\cdot (10^{7})!}", True),           # too big to compute: no hang
         Case("\\sqrt{2} + \\sqrt{3}", "\\boxed{\\sqrt{5 + 2\\sqrt{6}}}", True),
+        Case("\\sqrt{2} + \\sqrt{3}", "\\boxed{\\sqrt{2} + \\sqrt{3} + 10^{-60}}", False),
+        Case("\\binom{100}{50}", "\\boxed{100891344545564193334812497257}", False),
+        Case("\\binom{100}{50}", "\\boxed{100891344545564193334812497256}", True),
+        Case("2\\sqrt{2}", "\\boxed{\\sqrt{8}}", True),
+        Case("\\log_2 8", "\\boxed{3}", True),
         Case("\\frac{1}{3}", "\\boxed{0.333333}", True),   # a decimal keeps math-verify's tolerance
     ],
     "unparseable_gold": [

@@ -75,6 +75,7 @@ _ANSWER_WORD = re.compile(
 _ANSWER_LEAD = re.compile(r"^[\s*:：]*(?:(?i:est|es|ist|é|è)\b|是|为|為|:|：)?[\s*:：]*")
 _CJK = r"\u3000-\u303f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef"
 _CJK_GLUE = re.compile(rf"(?<=[{_CJK}])(?=[-\d$\\])|(?<=[\d$}}])(?=[{_CJK}])")
+_CHOICE = re.compile(r"\(?([A-E])\)?\.?")
 _SENTENCE_END = re.compile(r"[。；！？]|(?<!\d)，|，(?!\d)|[.;]\s")
 
 
@@ -125,6 +126,8 @@ def _answer_line(answer: str) -> str | None:
     if "$" not in line and "\\" not in line:  # LaTeX is cut by math-verify itself, prose here
         line = _SENTENCE_END.split(line, 1)[0]
     line = _unglue(line).strip()
+    if m := _CHOICE.fullmatch(line):  # a multiple-choice letter: math mode makes it math-verify's
+        return f"${m[1]}$"
     return line if re.search(r"\d|\\", line) else None
 
 
