@@ -180,8 +180,13 @@ def test_numeral_fast_path_agrees_with_math_verify():
         assert fast.correct == m._equal(gold, pred), (completion, ref)
 
 
-@pytest.mark.parametrize("reference", ['{"answer": "5"}', str({"answer": "5"})])
+@pytest.mark.parametrize("reference", ['{"answer": "5"}', str({"answer": "5"}), '["2", "3"]', str(["2", "3"])])
 def test_reference_object_is_unverifiable_not_wrong(reference):
-    # An object is not a math answer (a code or countdown reference given to the wrong verifier).
-    v = verify(answer("\\boxed{5}"), reference)
+    # An object is not a math answer (a code or countdown reference given to the wrong verifier), nor
+    # is a list of quoted answers, which math-verify would read as the interval [2, 3].
+    v = verify(answer("\\boxed{[2, 3]}"), reference)
     assert (v.correct, v.reason) == (None, "unparseable_reference")
+
+
+def test_a_bracketed_pair_without_quotes_is_still_an_interval():
+    assert verify(answer("\\boxed{[2, 3]}"), "[2, 3]").correct is True

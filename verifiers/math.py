@@ -302,7 +302,10 @@ def verify(completion: str, reference: str | None) -> Verdict:
     if reference is None or not str(reference).strip():
         return Verdict(None, "no_reference")
     ref = str(reference)
-    if isinstance(structured(ref), dict):  # a code or countdown reference: no math answer to compare with
+    data = structured(ref)
+    if isinstance(data, dict) or isinstance(data, list) and any(isinstance(x, (str, list, dict)) for x in data):
+        # A code or countdown reference, or a list of answers in quotes: no LaTeX to compare with (read
+        # as LaTeX, `["2", "3"]` would be the interval [2, 3]). `[2, 3]` is LaTeX and stays math.
         return Verdict(None, "unparseable_reference")
     gold_number = _numeral(ref.rsplit("####", 1)[1] if "####" in ref else ref)
     gold = [] if gold_number is not None else list(_gold(ref))
