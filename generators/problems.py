@@ -133,6 +133,20 @@ def _read_hub(dataset_id: str, split: str, config: str | None) -> list[dict]:
     return ds.to_list()
 
 
+def _structured_answer(answer, where: str, field: str, answer_format: str) -> str:
+    """An object or list (code tests, countdown numbers) is stored as JSON, which the verifiers read.
+
+    `str()` would give Python's repr, which is no JSON: a verifier could not read it back.
+    """
+    if answer_format == "gsm8k":
+        raise ProblemError(f"{where}: answer_format gsm8k needs text with '####', but field {field!r} holds "
+                           f"structured data ({type(answer).__name__}); use answer_format auto or raw")
+    try:
+        return json.dumps(answer, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ProblemError(f"{where}: the answer in field {field!r} can't be stored as JSON ({e})") from None
+
+
 def load_problems(
     dataset: str,
     *,
@@ -150,7 +164,8 @@ def load_problems(
 
     `dataset` is `builtin:<task>`, a local file (.jsonl/.json/.parquet/.csv, relative to
     `base_dir`), or a Hugging Face dataset id. `answer_format`: `gsm8k` takes the text after the
-    last `####`, `raw` takes the field as is, `auto` does the former when the marker is there.
+    last `####`, `raw` takes the field as is, `auto` does the former when the marker is there. An
+    answer that is an object or a list (a code or countdown reference) is kept as JSON.
     """
     options = dict(options or {})
     if answer_format not in ("auto", "gsm8k", "raw"):
@@ -190,11 +205,14 @@ def load_problems(
         question, answer = row[question_field], row[answer_field]
         if question is None or not str(question).strip():
             raise ProblemError(f"{where}: empty question in field {question_field!r}")
-        if answer is None or not str(answer).strip():
+        if answer is None or not str(answer).strip() or isinstance(answer, (dict, list, tuple)) and not answer:
             raise ProblemError(f"{where}: no answer in field {answer_field!r}")
-        answer = str(answer)
-        if answer_format == "gsm8k" or (answer_format == "auto" and "####" in answer):
-            answer = gsm8k_answer(answer)
+        if isinstance(answer, (dict, list, tuple)):
+            answer = _structured_answer(answer, where, answer_field, answer_format)
+        else:
+            answer = str(answer)
+            if answer_format == "gsm8k" or (answer_format == "auto" and "####" in answer):
+                answer = gsm8k_answer(answer)
         pid = problem_id(source, str(question))
         if pid in seen:  # the same question twice is one problem; sampling it twice is `n`'s job
             continue

@@ -180,3 +180,43 @@ def test_broken_sandbox_is_unverifiable_not_wrong(monkeypatch):
 def test_output_without_a_final_newline_still_passes():
     program = MBPP_502["code"] + "\nprint('no newline', end='')"
     assert verify(answer(program), mbpp_ref(MBPP_502)).reason == "passed"
+
+
+# --- a reference the verifier cannot read never passes (issue 13, point 1) ----------------------
+
+ADD_REF = {"tests": "assert add(1, 2) == 3", "entry_point": "add"}
+PRINTS_ONE = "print(1)"
+
+
+def test_python_repr_of_a_reference_object_is_read_not_run_as_tests():
+    # What `str(answer)` made of a nested JSONL answer: `{'tests': ..., 'entry_point': ...}`.
+    v = verify(answer(PRINTS_ONE), str(ADD_REF))
+    assert (v.correct, v.reason) == (False, "failed_tests")
+
+
+def test_python_repr_of_a_reference_object_still_passes_a_right_program():
+    v = verify(answer("def add(a, b):\n    return a + b"), str(ADD_REF))
+    assert (v.correct, v.reason) == (True, "passed")
+
+
+def test_python_repr_of_a_list_of_asserts_is_read():
+    v = verify(answer(PRINTS_ONE), str(["assert add(1, 2) == 3"]))
+    assert (v.correct, v.reason) == (False, "failed_tests")
+
+
+@pytest.mark.parametrize("reference", [
+    "{'tests': 'assert add(1,2)==4', 'entry_point': add}",     # looks like an object, is none: no test in it
+    "x = 1\nprint(x)",                                           # code without a single assert
+    json.dumps({"tests": "def check(candidate):\n    candidate(1)\n", "entry_point": "add"}),
+    json.dumps({"tests": "import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n"
+                         "        assert add(1, 2) == 3\n"}),  # a TestCase nobody runs
+    json.dumps({"tests": "def helper():\n    assert add(1, 2) == 3\n"}),  # an assert that is never called
+])
+def test_reference_without_a_test_that_runs_is_unverifiable(reference):
+    v = verify(answer(PRINTS_ONE), reference)
+    assert (v.correct, v.reason) == (None, "no_tests")
+
+
+def test_assert_in_a_helper_the_tests_call_counts_as_a_test():
+    reference = json.dumps({"tests": "def helper():\n    assert add(1, 2) == 3\n\nhelper()\n"})
+    assert verify(answer(PRINTS_ONE), reference).reason == "failed_tests"

@@ -119,3 +119,14 @@ def test_arithmetic_is_exact():
 
 def test_registered_under_countdown():
     assert get_verifier("countdown") is verify
+
+
+def test_python_repr_of_a_reference_object_is_read():
+    # What `str(answer)` made of a nested JSONL answer before the loader kept it as JSON.
+    reference = str({"numbers": [4, 7, 8, 8], "target": 24})
+    assert verify(answer("\\boxed{(7 - 8 / 8) * 4}"), reference) == Verdict(True, "match", "(7 - 8 / 8) * 4")
+
+
+def test_a_code_reference_is_unverifiable_not_wrong():
+    reference = '{"tests": "assert add(1,2)==4", "entry_point": "add"}'
+    assert verify(answer("\\boxed{(7 - 8 / 8) * 4}"), reference) == Verdict(None, "bad_reference")

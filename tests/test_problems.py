@@ -132,3 +132,40 @@ def test_two_dataset_folders_of_the_same_name_are_not_confused(tmp_path):
         pq.write_table(pa.Table.from_pylist([{**GSM8K_ROW, "question": f"q{i}-{k}"} for k in range(count)]),
                        folder / "data" / "train.parquet")
         assert [p.question for p in load_problems(str(folder), split="train")] == [f"q{i}-{k}" for k in range(count)]
+
+
+# --- structured answers stay JSON (issue 13, point 1) ----------------------------------------
+
+CODE_ANSWER = {"tests": "assert add(1,2)==3", "entry_point": "add"}
+
+
+@pytest.mark.parametrize("answer", [CODE_ANSWER, {"numbers": [4, 7, 8, 8], "target": 24}, ["assert f(1) == 1"],
+                                    {"tests": ["assert f(1) == 1"], "setup": "", "meta": {"n": 1}}])
+def test_structured_answer_is_kept_as_json_not_python_repr(tmp_path, answer):
+    p = load_problems(str(write_jsonl(tmp_path / "s.jsonl", [{"question": "q", "answer": answer}])))[0]
+    assert json.loads(p.reference) == answer
+
+
+def test_structured_answer_from_parquet_is_kept_as_json(tmp_path):
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": "q", "answer": CODE_ANSWER}]), path)
+    assert json.loads(load_problems(str(path))[0].reference) == CODE_ANSWER
+
+
+def test_structured_answer_with_hashes_is_not_cut_as_gsm8k(tmp_path):
+    answer = {"tests": "assert f() == 1  #### not a GSM8K marker"}
+    p = load_problems(str(write_jsonl(tmp_path / "s.jsonl", [{"question": "q", "answer": answer}])))[0]
+    assert json.loads(p.reference) == answer
+
+
+@pytest.mark.parametrize("answer", [{}, []])
+def test_empty_structured_answer_names_the_row(tmp_path, answer):
+    path = write_jsonl(tmp_path / "s.jsonl", [{"question": "q", "answer": answer}])
+    with pytest.raises(ProblemError, match="row 0: no answer"):
+        load_problems(str(path))
+
+
+def test_structured_answer_asked_to_be_cut_as_gsm8k_is_one_clear_error(tmp_path):
+    path = write_jsonl(tmp_path / "s.jsonl", [{"question": "q", "answer": CODE_ANSWER}])
+    with pytest.raises(ProblemError, match="row 0: .*structured"):
+        load_problems(str(path), answer_format="gsm8k")

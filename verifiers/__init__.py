@@ -5,7 +5,9 @@ does not parse): None is never counted as wrong.
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import json
 import multiprocessing.util
 import re
 import threading
@@ -40,6 +42,25 @@ def boxes(text: str) -> list[tuple[int, int, str]]:
         found.append((m.start(), i, text[m.end():i - 1].strip()))
         pos = i  # a box nested in this one is part of its content, not a second answer
     return found
+
+
+def structured(reference: str):
+    """The object or list a reference holds, or None when it is plain text.
+
+    JSON is the stored form. A Python literal (`{'tests': ...}`) is read too: that is what `str()` made
+    of a nested answer before the problem loader kept them as JSON, and it is in warehouses already.
+    """
+    text = reference.strip()
+    if not text.startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return data if isinstance(data, (dict, list)) else None
 
 
 # name -> "module:function"; imported lazily so a verifier's heavy imports cost only its users.

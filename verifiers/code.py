@@ -2,7 +2,7 @@
 
 The program is the last ```python block after `</think>` (of the whole completion when `</think>` never
 comes). The reference is JSON `{"tests": ..., "entry_point": ..., "setup": ...}`, a JSON list of assert
-lines, or plain test text:
+lines, or plain test text (the Python repr of such an object or list is read as one, never run as tests):
 - HumanEval: tests define `check(candidate)`, and `check(<entry_point>)` is called;
 - MBPP: assert lines (a list, or joined by newlines); `setup` (MBPP's test_setup_code) runs after the
   program and before the tests, because it builds objects from the program's classes.
@@ -11,15 +11,19 @@ The tests pass only if the harness reaches its last line, which prints a random 
 calls `exit(0)` before the tests ran has not passed them. The program runs under `__name__ ==
 "solution"`, as human-eval's harness does not run it as `__main__`: a demo block that reads input()
 is not part of the answer.
+
+A reference whose tests can't fail (no assert, raise or `assert*()` call that runs) is `no_tests`, null:
+with nothing to fail, every program would pass.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 import secrets
 import textwrap
 
-from verifiers import Verdict
+from verifiers import Verdict, structured
 from verifiers.sandbox import run_python
 from warehouse.schema import THINK_CLOSE, split_think
 
@@ -80,10 +84,12 @@ def _parse_reference(reference: str | None) -> tuple[str, str, str] | str:
     if reference is None or not str(reference).strip():
         return "no_reference"
     text = str(reference)
-    try:
-        ref = json.loads(text)
-    except ValueError:
-        ref = text  # plain test text
+    ref = structured(text)
+    if ref is None:
+        try:
+            ref = json.loads(text)  # a JSON string or number
+        except ValueError:
+            ref = text  # plain test text
     if isinstance(ref, (str, list)):
         ref = {"tests": ref}
     if not isinstance(ref, dict):
@@ -99,7 +105,39 @@ def _parse_reference(reference: str | None) -> tuple[str, str, str] | str:
         return "bad_reference"  # check(candidate) needs to be told which function is the candidate
     if _syntax_error(tests) or _syntax_error(setup):
         return "bad_reference"
+    if not _has_test(tests, entry_point):
+        return "no_tests"  # nothing in it could fail, so every program would "pass"
     return tests, entry_point, setup
+
+
+def _has_test(tests: str, entry_point: str) -> bool:
+    """Whether running the tests executes an assert, a raise or an `assert*()` call.
+
+    Only code that runs counts: module-level statements, the functions they call, and `check` when the
+    harness calls it. A TestCase class nobody runs, or a dict literal, holds no test.
+    """
+    tree = ast.parse(tests)
+    funcs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    todo, seen = [tree.body], set()
+    if entry_point and "check" in funcs:
+        todo.append(funcs["check"].body)
+        seen.add("check")
+    while todo:
+        stack = list(todo.pop())
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (ast.Assert, ast.Raise)):
+                return True
+            if isinstance(node, ast.Call):
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                if name.lower().startswith("assert"):
+                    return True
+                if name in funcs and name not in seen:
+                    seen.add(name)
+                    todo.append(funcs[name].body)
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                stack.extend(ast.iter_child_nodes(node))
+    return False
 
 
 def _defines_check(tests: str) -> bool:

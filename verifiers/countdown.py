@@ -1,7 +1,8 @@
 """Countdown and the Game of 24: an arithmetic expression that reaches a target.
 
 The reference is JSON, `{"numbers": [4, 7, 8, 8], "target": 24}` (TinyZero's `nums` works too), or
-bare numbers, `"4 7 8 8"` or `[4, 7, 8, 8]`, which mean the Game of 24. The answer, after `</think>`, is the last
+bare numbers, `"4 7 8 8"` or `[4, 7, 8, 8]`, which mean the Game of 24 (the Python repr of the object or
+list is read too). Any other reference is `bad_reference`, null. The answer, after `</think>`, is the last
 `\\boxed{}`, else the last `<answer>…</answer>`, else the last expression written on a line of its
 own or inside one (`So (8 - 4) * (7 - 1) = 24.`); of `a = b = 24` the first side with an operator
 is the answer.
@@ -15,12 +16,11 @@ nothing is ever `eval`ed.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from collections import Counter
 from fractions import Fraction
 
-from verifiers import Verdict, boxes
+from verifiers import Verdict, boxes, structured
 from warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
 
 MAX_EXPRESSION_CHARS = 500  # a real answer is a few dozen characters; this bounds parse work
@@ -41,10 +41,7 @@ class _Invalid(Exception):
 def parse_reference(reference: str) -> tuple[list[int], int] | None:
     """(numbers, target), or None when the reference is not one of the two accepted shapes."""
     text = reference.strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
+    data = structured(text)  # JSON, or the Python repr of an object or list
     if isinstance(data, dict):
         numbers, target = data.get("numbers", data.get("nums")), data.get("target")
     elif isinstance(data, list):  # [4, 7, 8, 8]: the Game of 24
