@@ -231,6 +231,66 @@ def test_server_killed_mid_run_then_rerun_fills_in(vllm_server, tmp_path):
     check_warehouse(wh, problems=problems, n=n)
 
 
+def server_metric(server, name: str) -> float:
+    """The sum over labels of one of the vLLM server's own Prometheus counters or gauges."""
+    with urllib.request.urlopen(server.url.removesuffix("/v1") + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_sigkill_mid_shard_then_rerun_asks_the_server_only_for_unsaved_samples(vllm_server, tmp_path):
+    """kill -9 of `distill run` with requests in flight: the samples checkpointed before the kill are never
+    requested again. The server's own count of finished requests says so."""
+    import pyarrow.parquet as pq
+
+    from flows.generate import problems_for, sample_ids
+    from flows.recipe import load_recipe
+
+    wh_dir = tmp_path / "wh"
+    args = ["run", "recipes/default.yaml", "--limit", "8", "--set", "backend=openai", "--set",
+            f"api_base={vllm_server.url}", "--set", "shard_size=8", "--set", "concurrency=4",
+            "--set", "checkpoint_seconds=0", "--warehouse", str(wh_dir)]
+
+    def saved() -> set[str]:
+        files = sorted(wh_dir.glob("traces/run_id=*/ckpt-*.parquet"))
+        return {t for f in files for t in pq.read_table(f, columns=["trace_id"]).column(0).to_pylist()}
+
+    proc = subprocess.Popen([*DISTILL, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(saved()) < 6:
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not list(wh_dir.glob("traces/run_id=*/part-*.parquet"))  # killed inside the shard
+    kept = saved()
+    assert 6 <= len(kept) < 8 * 4
+    # the requests in flight at the kill are aborted or finish on the server; then count what it finished
+    deadline = time.monotonic() + 120
+    while server_metric(vllm_server, "vllm:num_requests_running") + server_metric(vllm_server,
+                                                                                   "vllm:num_requests_waiting"):
+        assert time.monotonic() < deadline, "the server never went idle"
+        time.sleep(0.5)
+    before = server_metric(vllm_server, "vllm:request_success_total")
+
+    rerun = run_cli(*args, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    wh = Warehouse(wh_dir)
+    (run_id,), = wh.query("select run_id from runs")[1]
+    call = wh.read_run(run_id)["calls"][-1]
+    assert (call["recovered"], call["generated"]) == (len(kept), 8 * 4 - len(kept))
+    # the server finished exactly the requests of the samples that were not saved: none was asked twice
+    assert server_metric(vllm_server, "vllm:request_success_total") - before == 8 * 4 - len(kept)
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", {"limit": 8})
+    expected = {t for p in problems_for(recipe, ROOT / "recipes") for t in sample_ids(recipe, p)}
+    got = [r[0] for r in wh.query("select trace_id from traces")[1]]
+    assert sorted(got) == sorted(expected) and kept <= set(got)
+    assert not list(wh_dir.glob("traces/run_id=*/ckpt-*.parquet"))
+
+
 # --------------------------------------------------------------------------------------------------
 # A fault-injecting server: 429/5xx bursts, 401, dropped connections, reasoning_content, slow answers
 # --------------------------------------------------------------------------------------------------
