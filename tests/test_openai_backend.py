@@ -604,3 +604,25 @@ def test_bad_configuration_fails_at_construction():
         OpenAIGenerator("m", api_base=None)
     with pytest.raises(BackendError, match="needs a tokenizer"):
         OpenAIGenerator("gpt-4o-mini", api_base="http://127.0.0.1:1/v1", api_mode="completions")
+
+
+def test_a_403_on_one_request_mid_shard_keeps_the_shards_other_samples(fault_server, tmp_path):
+    """`distill run` against a server that refuses one request of a shard: the shard's other samples are
+    stored, the run exits 3 naming the refusal, and the rerun asks for that one sample only."""
+    s = fault_server([("ok", ok_body("<think>1 + 2 is 3.</think> \\boxed{3}"))] * 5
+                     + [("status", 403, {}, {"error": {"message": "content policy"}})])
+    wh_dir = tmp_path / "wh"
+    args = ["run", "recipes/default.yaml", "--limit", "4", "--set", "backend=openai", "--set", f"api_base={s.url}",
+            "--set", "concurrency=1", "--set", "shard_size=4", "--set", "n=2", "--warehouse", str(wh_dir)]
+    first = run_cli(*args, timeout=300)
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert "1 samples failed" in first.stderr and "HTTP 403" in first.stderr and "content policy" in first.stderr
+    wh = Warehouse(wh_dir)
+    (run_id, status), = wh.query("select run_id, status from runs")[1]
+    assert status == "incomplete" and wh.query("select count(*) from traces")[1] == [(7,)]
+    assert wh.read_run(run_id)["failures"][0]["error"].startswith("HTTP 403")
+    asked = len(s.requests)
+    second = run_cli(*args, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(s.requests) - asked == 1  # only the refused sample was asked again
+    assert wh.query("select count(*), count(distinct trace_id) from traces")[1] == [(8, 8)]
