@@ -1,4 +1,9 @@
 """Journey rows: the builder on literal inputs, storage as kind = journey with parents, and export."""
+import dataclasses
+import fcntl
+import re
+import threading
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -141,3 +146,139 @@ def test_teacher_journeys_on_the_real_model_continue_wrong_paths_and_keep_only_v
     assert (stats["journeys"], stats["kept"]) == (len(rows), sum(r[1] for r in rows))
     assert sum(r["asked"] for r in stats["rounds"][:1]) == len(rows)  # every journey was asked in round 1
     assert stats["kept"] >= 1, "the 3-shot teacher corrects some one-digit sums"
+
+
+# -- rebuilds merge, never replace; crashes lose at most a batch; costs -------------------------------------------
+
+class StandIn:
+    """A teacher stand-in for the `run_dir` problems ("What is p + 10?"): answers right, or as told.
+
+    `answer(p, call)` gives the answer to problem p on the teacher's `call`-th prompt of it (None: a
+    teacher error, as a server outage gives); `crash_on` makes that generate call raise (a crash)."""
+
+    def __init__(self, answer=lambda p, call: p + 10, crash_on: int | None = None):
+        self.answer, self.crash_on, self.prompts, self.generate_calls, self.per_problem = answer, crash_on, [], 0, {}
+
+    def generate(self, prompts, sampling):
+        from generators.base import Sample
+
+        self.generate_calls += 1
+        if self.generate_calls == self.crash_on:
+            raise RuntimeError("killed")
+        out = []
+        for msgs in prompts:
+            self.prompts.append(msgs[-1]["content"])
+            p = int(re.match(r"What is (\d+) \+ 10\?", msgs[-1]["content"]).group(1))
+            self.per_problem[p] = self.per_problem.get(p, 0) + 1
+            a = self.answer(p, self.per_problem[p])
+            s = (Sample("", "error", None, None, 0.1, error="connection refused") if a is None else
+                 Sample(f"Wait, {p} plus 10 is {a}.</think>\n\\boxed{{{a}}}", "stop", 100, 20, 0.1))
+            out.append([s] * sampling.n)
+        return out
+
+
+@pytest.fixture
+def teacher(monkeypatch):
+    """Install a stand-in as the run's teacher; `teacher(...)` swaps in a new one and returns it."""
+    state = {}
+
+    def use(*args, **kw):
+        state["t"] = StandIn(*args, **kw)
+        return state["t"]
+
+    def teacher_for(recipe, backend, timings):
+        state["loads"] = state.get("loads", 0) + 1
+        return state["t"], threading.Lock()
+
+    monkeypatch.setattr("flows.journey.teacher_for", teacher_for)
+    use.state = state
+    return use
+
+
+def journey_rows(wh_dir):
+    cols, rows = Warehouse(wh_dir).query("select * from traces where kind = 'journey' order by trace_id")
+    return {r[0]: dict(zip(cols, r)) for r in rows}
+
+
+def test_a_teacher_outage_during_a_rebuild_keeps_the_stored_journeys(run_dir, teacher):
+    rcp = recipe_of_run(run_dir, "run-j")
+    t = teacher(lambda p, call: None if p == 1 else p + 10)  # problem 1's requests fail
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert len(t.prompts) == 6 and (stats["candidates"], stats["built"], stats["reused"]) == (6, 6, 0)
+    first = journey_rows(run_dir)
+    assert sorted(r["rejected_by"] or "kept" for r in first.values()) == ["kept"] * 4 + ["teacher_error"] * 2
+
+    # a full outage: the kept journeys stay exactly as stored; only the teacher errors are asked again
+    t = teacher(lambda p, call: None)
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert len(t.prompts) == 2 and all(q.startswith("What is 1 + 10?") for q in t.prompts)
+    again = journey_rows(run_dir)
+    assert again.keys() == first.keys() and (stats["reused"], stats["built"], stats["kept"]) == (4, 2, 4)
+    for k, r in first.items():
+        if r["kept"]:
+            assert again[k] == r  # the same row, created_at included: not asked, not rewritten
+
+    # the teacher is back: the two errors become journeys
+    t = teacher()
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert len(t.prompts) == 2 and stats["kept"] == 6 and len(journey_rows(run_dir)) == 6
+
+    # built once, never asked again: zero teacher calls, no teacher even loaded
+    loads = teacher.state["loads"]
+    t = teacher(crash_on=1)
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert (t.generate_calls, stats["asked"], stats["reused"], teacher.state["loads"]) == (0, 0, 6, loads)
+    # a lower cap makes fewer candidates; the stored journeys outside it stay
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1, per_problem=1)
+    assert (t.generate_calls, stats["candidates"], stats["journeys"]) == (0, 3, 6) and len(journey_rows(run_dir)) == 6
+    assert Warehouse(run_dir).read_run("run-j")["journeys"]["teacher"]["journeys"] == 6
+
+
+def test_a_crash_mid_build_loses_at_most_the_batch_in_flight(run_dir, teacher):
+    rcp = recipe_of_run(run_dir, "run-j")
+    ckpt = run_dir / "traces" / "run_id=run-j" / ".journey-teacher"
+    # problem 0 is wrong on its first try: its journeys take two rounds, both within their batch
+    t = teacher(lambda p, call: 99 if p == 0 and call <= 2 else p + 10, crash_on=4)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_journeys(rcp, "run-j", "teacher", max_wrong=2, batch=2)
+    saved = [r for f in sorted(ckpt.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert t.generate_calls == 4 and len(saved) == 4  # batch 1 (two rounds) and batch 2 saved; batch 3 lost
+    assert sorted(r["sampling"].count('"branches":2') for r in saved) == [0, 0, 1, 1]
+    assert not (run_dir / "traces" / "run_id=run-j" / "journey-teacher.parquet").exists()
+    assert "teacher" not in (Warehouse(run_dir).read_run("run-j").get("journeys") or {})
+
+    t = teacher()
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=2, batch=2)
+    assert len(t.prompts) == 2 and (stats["reused"], stats["built"], stats["journeys"]) == (4, 2, 6)
+    rows = journey_rows(run_dir)
+    for r in saved:
+        assert {k: rows[r["trace_id"]][k] for k in ("completion", "created_at")} == \
+               {k: r[k] for k in ("completion", "created_at")}
+    assert not list(ckpt.glob("*.parquet"))  # compacted into journey-teacher.parquet
+    assert len(set(rows)) == 6
+
+
+def test_journey_rows_carry_their_cost(run_dir, teacher):
+    rcp = dataclasses.replace(recipe_of_run(run_dir, "run-j"), price_input_per_mtok=2.0, price_output_per_mtok=8.0)
+    teacher(lambda p, call: 99 if p == 2 and call <= 2 else p + 10)  # problem 2 takes two rounds
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=2)
+    one = (100 * 2.0 + 20 * 8.0) / 1e6  # a prompt of 100 tokens and 20 out, per sample asked
+    rows = journey_rows(run_dir).values()
+    assert sorted((r["problem_id"], round(r["cost_usd"] / one, 9)) for r in rows) == \
+           [("p0", 1), ("p0", 1), ("p1", 1), ("p1", 1), ("p2", 2), ("p2", 2)]
+    assert stats["cost_usd"] == pytest.approx(8 * one)
+    assert Warehouse(run_dir).query("select sum(cost_usd) from traces where kind = 'journey'")[1][0][0] == \
+           pytest.approx(8 * one)
+    build_journeys(rcp, "run-j", "template", max_wrong=1)
+    assert Warehouse(run_dir).query("select min(cost_usd), max(cost_usd) from traces where kind = 'journey' "
+                                    "and json_extract_string(sampling, '$.journey') = 'template'")[1] == [(0.0, 0.0)]
+
+
+def test_a_second_builder_of_the_same_journeys_is_refused_in_one_line(run_dir):
+    folder = run_dir / "traces" / "run_id=run-j" / ".journey-template"
+    folder.mkdir(parents=True)
+    with open(folder / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(JourneyError, match="being built by another process"):
+            build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")
+    assert build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")["journeys"] == 6
