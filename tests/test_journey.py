@@ -2,13 +2,18 @@
 import dataclasses
 import fcntl
 import re
+import shutil
+import subprocess
 import threading
 
 import pyarrow.parquet as pq
 import pytest
 
 from flows.journey import JourneyError, build_journeys, recipe_of_run
-from tests.conftest import run_cli
+from flows.recipe import load_recipe
+from generators.base import build_messages
+from tests.conftest import DISTILL, ROOT, run_cli
+from tests.test_crash import kill_when
 from warehouse.export import export
 from warehouse.journey import cut_wrong_path, eligible_wrong, teacher_messages, template_journeys
 from warehouse.store import Warehouse
@@ -238,6 +243,8 @@ def test_a_crash_mid_build_loses_at_most_the_batch_in_flight(run_dir, teacher):
     rcp = recipe_of_run(run_dir, "run-j")
     ckpt = run_dir / "traces" / "run_id=run-j" / ".journey-teacher"
     # problem 0 is wrong on its first try: its journeys take two rounds, both within their batch
+    wh = Warehouse(run_dir)
+    wh.write_run({**wh.read_run("run-j"), "journeys": {"teacher": {"journeys": 0}}})  # an earlier build's counts
     t = teacher(lambda p, call: 99 if p == 0 and call <= 2 else p + 10, crash_on=4)
     with pytest.raises(RuntimeError, match="killed"):
         build_journeys(rcp, "run-j", "teacher", max_wrong=2, batch=2)
@@ -245,7 +252,8 @@ def test_a_crash_mid_build_loses_at_most_the_batch_in_flight(run_dir, teacher):
     assert t.generate_calls == 4 and len(saved) == 4  # batch 1 (two rounds) and batch 2 saved; batch 3 lost
     assert sorted(r["sampling"].count('"branches":2') for r in saved) == [0, 0, 1, 1]
     assert not (run_dir / "traces" / "run_id=run-j" / "journey-teacher.parquet").exists()
-    assert "teacher" not in (Warehouse(run_dir).read_run("run-j").get("journeys") or {})
+    # the record no longer says the teacher journeys are built, so a rerun of `distill run` builds them
+    assert "teacher" not in (wh.read_run("run-j").get("journeys") or {})
 
     t = teacher()
     stats = build_journeys(rcp, "run-j", "teacher", max_wrong=2, batch=2)
@@ -282,3 +290,54 @@ def test_a_second_builder_of_the_same_journeys_is_refused_in_one_line(run_dir):
         with pytest.raises(JourneyError, match="being built by another process"):
             build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")
     assert build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")["journeys"] == 6
+
+
+def test_sigkill_during_a_teacher_journey_build_then_rerun_equals_an_uninterrupted_build(tmp_path, make_trace):
+    """`distill journeys --mode teacher` on the real model, twice over the same stored samples: once left
+    alone, once killed (-9, its whole process group) as soon as its first batch is saved, then rerun."""
+    base = tmp_path / "base"
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", {"backend": "transformers", "max_tokens": 32,
+                                                            "journey_max_wrong": 1, "warehouse": str(base)})
+    traces = []
+    for k, (a, b) in enumerate([(23, 45), (38, 17), (56, 29)]):  # one wrong sample each: three journeys
+        q, wrong = f"What is {a} + {b}?", a + b + 10
+        traces.append(make_trace(f"<think>{a} plus {b} is {wrong}.</think>\n\\boxed{{{wrong}}}", trace_id=f"s{k}",
+                                 run_id="kill-j", problem_id=f"p{k}", reference=str(a + b), question=q,
+                                 prompt=build_messages(q, recipe.system_prompt, recipe.few_shot), teacher=recipe.model,
+                                 correct=False, kept=False, verdict_reason="mismatch", extracted_answer=str(wrong)))
+    wh = Warehouse(base)
+    wh.write_part("kill-j", 0, traces)
+    wh.write_run({"run_id": "kill-j", "status": "finished", "recipe": recipe.to_dict(), "timings": {}})
+    wh.refresh()
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    shutil.copytree(base, clean)
+    shutil.copytree(base, crashed)
+    args = ["journeys", "kill-j", "--mode", "teacher", "--batch", "1"]
+
+    proc = run_cli(*args, "--warehouse", str(clean))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = journey_rows(clean)
+    assert len(expected) == 3
+
+    ckpt = crashed / "traces" / "run_id=kill-j" / ".journey-teacher"
+    p = subprocess.Popen([*DISTILL, *args, "--warehouse", str(crashed)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_when(p, lambda: ckpt.exists() and any(ckpt.glob("*.parquet")), timeout=900)
+    saved = {r["trace_id"]: r for f in ckpt.glob("*.parquet") for r in pq.read_table(f).to_pylist()}
+    assert 1 <= len(saved) < len(expected)
+    assert not (crashed / "traces" / "run_id=kill-j" / "journey-teacher.parquet").exists()
+
+    proc = run_cli(*args, "--warehouse", str(crashed))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = journey_rows(crashed)
+    ids = [r[0] for r in Warehouse(crashed).query("select trace_id from traces where kind = 'journey'")[1]]
+    assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))  # same journeys, each once
+    stats = Warehouse(crashed).read_run("kill-j")["journeys"]["teacher"]
+    # no finished journey was asked again: the rerun asked the teacher only for the others
+    assert (stats["reused"], stats["built"], stats["asked"]) == (len(saved), 3 - len(saved), 3 - len(saved))
+    for k, r in saved.items():
+        assert (got[k]["completion"], got[k]["created_at"]) == (r["completion"], r["created_at"])
+    assert not list(ckpt.glob("*.parquet"))
+    # batch by batch the same prompts, the same seed: the same rows as the uninterrupted build
+    same = lambda rows: {k: {c: v for c, v in r.items() if c not in ("created_at", "latency_s")} for k, r in rows.items()}
+    assert same(got) == same(expected)
