@@ -339,5 +339,7 @@ def test_sigkill_during_a_teacher_journey_build_then_rerun_equals_an_uninterrupt
         assert (got[k]["completion"], got[k]["created_at"]) == (r["completion"], r["created_at"])
     assert not list(ckpt.glob("*.parquet"))
     # batch by batch the same prompts, the same seed: the same rows as the uninterrupted build
-    same = lambda rows: {k: {c: v for c, v in r.items() if c not in ("created_at", "latency_s")} for k, r in rows.items()}
+    def same(rows):
+        return {k: {c: v for c, v in r.items() if c not in ("created_at", "latency_s")} for k, r in rows.items()}
+
     assert same(got) == same(expected)
