@@ -338,6 +338,8 @@ def journeys(
                                               "(default: the run's recipe, journey_per_problem)."),
     journey_recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the journey_* keys (prompt, worked "
                                                   "corrections, caps) from this recipe instead of the run's."),
+    batch: int = typer.Option(64, "--batch", help="teacher: wrong paths sent to the teacher at once; finished "
+                              "journeys are saved after each batch, so a crash loses at most one."),
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
 ):
     """Build journey rows (kind = journey: a wrong path, noticed, then a right one) from a run's samples."""
@@ -354,11 +356,12 @@ def journeys(
 
             other = load_recipe(journey_recipe)
             rcp = dataclasses.replace(rcp, **{k: getattr(other, k) for k in rcp.to_dict() if k.startswith("journey_")})
-        stats = build_journeys(rcp, run_id, mode, max_wrong=max_wrong, per_problem=per_problem)
+        stats = build_journeys(rcp, run_id, mode, max_wrong=max_wrong, per_problem=per_problem, batch=batch)
     except (JourneyError, RecipeError, BackendError, FileNotFoundError) as e:
         fail(str(e))
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected"].items())) or "none"
-    out.print(f"{mode} journeys for {run_id}: {stats['journeys']} built, {stats['kept']} kept over "
+    out.print(f"{mode} journeys for {run_id}: {stats['built']} built, {stats['reused']} already stored "
+              f"({stats['asked']} teacher prompts); {stats['journeys']} stored, {stats['kept']} kept over "
               f"{stats['problems_kept']} problems (rejected: {rejected}) in {stats['seconds']} s", highlight=False)
     out.print(f"see them: distill sql \"select * from journeys\"; train on them: distill export --variant journey",
               highlight=False)

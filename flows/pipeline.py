@@ -114,10 +114,34 @@ def eval_task(model: str, label: str, problems: list, cfg: PipelineConfig, wareh
     return {"label": label, **result.__dict__}
 
 
-def heldout_problems(cfg: PipelineConfig, base_dir: Path, seen_questions: set[str]) -> tuple[list, int]:
+def seen_problems(wh, run_id: str, prompt_template: str = "{question}") -> tuple[set[str], set[str]]:
+    """The questions (stripped) and problem ids a generation run's samples were made from.
+
+    The `question` column holds the problem's own text. Rows written before it existed have only the
+    rendered prompt, whose last message is the recipe's template applied to the question: the
+    template's text around `{question}` is taken off again, so such rows are compared on the question too.
+    """
+    rows = wh.query("SELECT DISTINCT problem_id, question, prompt[len(prompt)].content FROM traces "
+                    "WHERE run_id = ? AND kind = 'sample'", [run_id])[1]
+    before, _, after = prompt_template.partition("{question}")
+    questions, ids = set(), set()
+    for pid, question, last in rows:
+        if question is None and last is not None:
+            question = last
+            if len(last) >= len(before) + len(after) and last.startswith(before) and last.endswith(after):
+                question = last[len(before):len(last) - len(after)]
+        if question is not None:
+            questions.add(question.strip())
+        ids.add(pid)
+    return questions, ids
+
+
+def heldout_problems(cfg: PipelineConfig, base_dir: Path, seen_questions: set[str],
+                     seen_ids: set[str] = frozenset()) -> tuple[list, int]:
+    """The eval problems minus those generation used: same question text, or same problem id."""
     problems = load_problems(cfg.eval_dataset, question_field=cfg.eval_question_field,
                              answer_field=cfg.eval_answer_field, options=cfg.eval_options, base_dir=base_dir)
-    kept = [p for p in problems if p.question.strip() not in seen_questions]
+    kept = [p for p in problems if p.question.strip() not in seen_questions and p.problem_id not in seen_ids]
     if not kept:
         raise RecipeError(f"every eval problem of {cfg.eval_dataset} was used for generation: none is held out")
     return kept, len(problems) - len(kept)
@@ -160,9 +184,8 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
 
     # 4. evaluate on held-out problems: the base model zero-shot, then each student zero-shot
     t0 = time.time()
-    seen = {r[0].strip() for r in wh.query("SELECT DISTINCT prompt[len(prompt)].content FROM traces "
-                                           "WHERE run_id = ? AND kind = 'sample'", [run_id])[1]}
-    problems, dropped = heldout_problems(cfg, base_dir, seen)
+    # compared on the problem's own text (and id), not the rendered prompt: a template changes the prompt
+    problems, dropped = heldout_problems(cfg, base_dir, *seen_problems(wh, run_id, recipe.prompt_template))
     models = [("base", student_base)] + [(v, str(out / "students" / v)) for v in cfg.students]
     results = [eval_task(m, label, problems, cfg, recipe.warehouse) for label, m in models]
     wh.refresh()

@@ -1,7 +1,11 @@
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import run_cli
-from trainers.evaluate import benchmark_problems, majority, mean_ci
+from trainers.evaluate import EvalResult, benchmark_problems, majority, mean_ci, save
 from warehouse.store import Warehouse
 
 
@@ -46,3 +50,37 @@ def test_eval_bad_k_is_one_line(tmp_path):
     proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--n", "2", "--k", "3",
                    "--warehouse", str(tmp_path), timeout=60)
     assert proc.returncode == 2 and "--k must be between 1 and --n (2)" in proc.stderr
+
+
+def _result(eval_id: str) -> EvalResult:
+    return EvalResult(eval_id, "m", "b", 1, 1, 1, 1.0, (1.0, 1.0), 1.0, (1.0, 1.0), 1.0, 1.0, (1.0, 1.0),
+                      [{"problem_id": "p", "correct": 1, "samples": 1}])
+
+
+def test_a_crash_while_saving_an_eval_leaves_the_evals_view_working(tmp_path, monkeypatch):
+    save(_result("eval-a"), tmp_path)
+    # a save that dies mid-write (disk full, kill): what it leaves must stay out of the view
+    real = json.dumps
+    monkeypatch.setattr("trainers.evaluate.json.dumps", lambda *a, **k: real(*a, **k)[:20])
+    monkeypatch.setattr("trainers.evaluate.os.replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError, match="killed"):
+        save(_result("eval-b"), tmp_path)
+    monkeypatch.undo()
+    # a kill -9 leaves its temporary file behind: one of the current naming, one of the old `.tmp-<id>.json`
+    (tmp_path / "evals" / ".tmp-eval-c-x1y2.partial").write_text('{"eval_id": "eval-')
+    (tmp_path / "evals" / ".tmp-eval-d.json").write_text('{"eval_id": "eval-')
+    save(_result("eval-e"), tmp_path)  # clears the old-style leftover
+    wh = Warehouse(tmp_path)
+    wh.refresh()
+    assert wh.query("select eval_id from evals order by 1")[1] == [("eval-a",), ("eval-e",)]
+    assert not list((tmp_path / "evals").glob(".tmp-*.json"))
+
+
+def test_eval_temp_files_are_unique_per_writer(tmp_path, monkeypatch):
+    names = []
+    real = os.replace
+    monkeypatch.setattr("trainers.evaluate.os.replace", lambda a, b: (names.append(Path(a).name), real(a, b)))
+    save(_result("eval-a"), tmp_path)
+    save(_result("eval-a"), tmp_path)
+    assert len(set(names)) == 2 and all(n.startswith(".tmp-eval-a-") and not n.endswith(".json") for n in names)
+    assert json.loads((tmp_path / "evals" / "eval-a.json").read_text())["eval_id"] == "eval-a"

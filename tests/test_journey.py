@@ -1,9 +1,19 @@
 """Journey rows: the builder on literal inputs, storage as kind = journey with parents, and export."""
+import dataclasses
+import fcntl
+import re
+import shutil
+import subprocess
+import threading
+
 import pyarrow.parquet as pq
 import pytest
 
 from flows.journey import JourneyError, build_journeys, recipe_of_run
-from tests.conftest import run_cli
+from flows.recipe import load_recipe
+from generators.base import build_messages
+from tests.conftest import DISTILL, ROOT, run_cli
+from tests.test_crash import kill_when
 from warehouse.export import export
 from warehouse.journey import cut_wrong_path, eligible_wrong, teacher_messages, template_journeys
 from warehouse.store import Warehouse
@@ -141,3 +151,195 @@ def test_teacher_journeys_on_the_real_model_continue_wrong_paths_and_keep_only_v
     assert (stats["journeys"], stats["kept"]) == (len(rows), sum(r[1] for r in rows))
     assert sum(r["asked"] for r in stats["rounds"][:1]) == len(rows)  # every journey was asked in round 1
     assert stats["kept"] >= 1, "the 3-shot teacher corrects some one-digit sums"
+
+
+# -- rebuilds merge, never replace; crashes lose at most a batch; costs -------------------------------------------
+
+class StandIn:
+    """A teacher stand-in for the `run_dir` problems ("What is p + 10?"): answers right, or as told.
+
+    `answer(p, call)` gives the answer to problem p on the teacher's `call`-th prompt of it (None: a
+    teacher error, as a server outage gives); `crash_on` makes that generate call raise (a crash)."""
+
+    def __init__(self, answer=lambda p, call: p + 10, crash_on: int | None = None):
+        self.answer, self.crash_on, self.prompts, self.generate_calls, self.per_problem = answer, crash_on, [], 0, {}
+
+    def generate(self, prompts, sampling):
+        from generators.base import Sample
+
+        self.generate_calls += 1
+        if self.generate_calls == self.crash_on:
+            raise RuntimeError("killed")
+        out = []
+        for msgs in prompts:
+            self.prompts.append(msgs[-1]["content"])
+            p = int(re.match(r"What is (\d+) \+ 10\?", msgs[-1]["content"]).group(1))
+            self.per_problem[p] = self.per_problem.get(p, 0) + 1
+            a = self.answer(p, self.per_problem[p])
+            s = (Sample("", "error", None, None, 0.1, error="connection refused") if a is None else
+                 Sample(f"Wait, {p} plus 10 is {a}.</think>\n\\boxed{{{a}}}", "stop", 100, 20, 0.1))
+            out.append([s] * sampling.n)
+        return out
+
+
+@pytest.fixture
+def teacher(monkeypatch):
+    """Install a stand-in as the run's teacher; `teacher(...)` swaps in a new one and returns it."""
+    state = {}
+
+    def use(*args, **kw):
+        state["t"] = StandIn(*args, **kw)
+        return state["t"]
+
+    def teacher_for(recipe, backend, timings):
+        state["loads"] = state.get("loads", 0) + 1
+        return state["t"], threading.Lock()
+
+    monkeypatch.setattr("flows.journey.teacher_for", teacher_for)
+    use.state = state
+    return use
+
+
+def journey_rows(wh_dir):
+    cols, rows = Warehouse(wh_dir).query("select * from traces where kind = 'journey' order by trace_id")
+    return {r[0]: dict(zip(cols, r)) for r in rows}
+
+
+def test_a_teacher_outage_during_a_rebuild_keeps_the_stored_journeys(run_dir, teacher):
+    rcp = recipe_of_run(run_dir, "run-j")
+    t = teacher(lambda p, call: None if p == 1 else p + 10)  # problem 1's requests fail
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert len(t.prompts) == 6 and (stats["candidates"], stats["built"], stats["reused"]) == (6, 6, 0)
+    first = journey_rows(run_dir)
+    assert sorted(r["rejected_by"] or "kept" for r in first.values()) == ["kept"] * 4 + ["teacher_error"] * 2
+
+    # a full outage: the kept journeys stay exactly as stored; only the teacher errors are asked again
+    t = teacher(lambda p, call: None)
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert len(t.prompts) == 2 and all(q.startswith("What is 1 + 10?") for q in t.prompts)
+    again = journey_rows(run_dir)
+    assert again.keys() == first.keys() and (stats["reused"], stats["built"], stats["kept"]) == (4, 2, 4)
+    for k, r in first.items():
+        if r["kept"]:
+            assert again[k] == r  # the same row, created_at included: not asked, not rewritten
+
+    # the teacher is back: the two errors become journeys
+    t = teacher()
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert len(t.prompts) == 2 and stats["kept"] == 6 and len(journey_rows(run_dir)) == 6
+
+    # built once, never asked again: zero teacher calls, no teacher even loaded
+    loads = teacher.state["loads"]
+    t = teacher(crash_on=1)
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1)
+    assert (t.generate_calls, stats["asked"], stats["reused"], teacher.state["loads"]) == (0, 0, 6, loads)
+    # a lower cap makes fewer candidates; the stored journeys outside it stay
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=1, per_problem=1)
+    assert (t.generate_calls, stats["candidates"], stats["journeys"]) == (0, 3, 6) and len(journey_rows(run_dir)) == 6
+    assert Warehouse(run_dir).read_run("run-j")["journeys"]["teacher"]["journeys"] == 6
+
+
+def test_a_crash_mid_build_loses_at_most_the_batch_in_flight(run_dir, teacher):
+    rcp = recipe_of_run(run_dir, "run-j")
+    ckpt = run_dir / "traces" / "run_id=run-j" / ".journey-teacher"
+    # problem 0 is wrong on its first try: its journeys take two rounds, both within their batch
+    wh = Warehouse(run_dir)
+    wh.write_run({**wh.read_run("run-j"), "journeys": {"teacher": {"journeys": 0}}})  # an earlier build's counts
+    t = teacher(lambda p, call: 99 if p == 0 and call <= 2 else p + 10, crash_on=4)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_journeys(rcp, "run-j", "teacher", max_wrong=2, batch=2)
+    saved = [r for f in sorted(ckpt.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert t.generate_calls == 4 and len(saved) == 4  # batch 1 (two rounds) and batch 2 saved; batch 3 lost
+    assert sorted(r["sampling"].count('"branches":2') for r in saved) == [0, 0, 1, 1]
+    assert not (run_dir / "traces" / "run_id=run-j" / "journey-teacher.parquet").exists()
+    # the record no longer says the teacher journeys are built, so a rerun of `distill run` builds them
+    assert "teacher" not in (wh.read_run("run-j").get("journeys") or {})
+
+    t = teacher()
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=2, batch=2)
+    assert len(t.prompts) == 2 and (stats["reused"], stats["built"], stats["journeys"]) == (4, 2, 6)
+    rows = journey_rows(run_dir)
+    for r in saved:
+        assert {k: rows[r["trace_id"]][k] for k in ("completion", "created_at")} == \
+               {k: r[k] for k in ("completion", "created_at")}
+    assert not list(ckpt.glob("*.parquet"))  # compacted into journey-teacher.parquet
+    assert len(set(rows)) == 6
+
+
+def test_journey_rows_carry_their_cost(run_dir, teacher):
+    rcp = dataclasses.replace(recipe_of_run(run_dir, "run-j"), price_input_per_mtok=2.0, price_output_per_mtok=8.0)
+    teacher(lambda p, call: 99 if p == 2 and call <= 2 else p + 10)  # problem 2 takes two rounds
+    stats = build_journeys(rcp, "run-j", "teacher", max_wrong=2)
+    one = (100 * 2.0 + 20 * 8.0) / 1e6  # a prompt of 100 tokens and 20 out, per sample asked
+    rows = journey_rows(run_dir).values()
+    assert sorted((r["problem_id"], round(r["cost_usd"] / one, 9)) for r in rows) == \
+           [("p0", 1), ("p0", 1), ("p1", 1), ("p1", 1), ("p2", 2), ("p2", 2)]
+    assert stats["cost_usd"] == pytest.approx(8 * one)
+    assert Warehouse(run_dir).query("select sum(cost_usd) from traces where kind = 'journey'")[1][0][0] == \
+           pytest.approx(8 * one)
+    build_journeys(rcp, "run-j", "template", max_wrong=1)
+    assert Warehouse(run_dir).query("select min(cost_usd), max(cost_usd) from traces where kind = 'journey' "
+                                    "and json_extract_string(sampling, '$.journey') = 'template'")[1] == [(0.0, 0.0)]
+
+
+def test_a_second_builder_of_the_same_journeys_is_refused_in_one_line(run_dir):
+    folder = run_dir / "traces" / "run_id=run-j" / ".journey-template"
+    folder.mkdir(parents=True)
+    with open(folder / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(JourneyError, match="being built by another process"):
+            build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")
+    assert build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")["journeys"] == 6
+
+
+def test_sigkill_during_a_teacher_journey_build_then_rerun_equals_an_uninterrupted_build(tmp_path, make_trace):
+    """`distill journeys --mode teacher` on the real model, twice over the same stored samples: once left
+    alone, once killed (-9, its whole process group) as soon as its first batch is saved, then rerun."""
+    base = tmp_path / "base"
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", {"backend": "transformers", "max_tokens": 32,
+                                                            "journey_max_wrong": 1, "warehouse": str(base)})
+    traces = []
+    for k, (a, b) in enumerate([(23, 45), (38, 17), (56, 29)]):  # one wrong sample each: three journeys
+        q, wrong = f"What is {a} + {b}?", a + b + 10
+        traces.append(make_trace(f"<think>{a} plus {b} is {wrong}.</think>\n\\boxed{{{wrong}}}", trace_id=f"s{k}",
+                                 run_id="kill-j", problem_id=f"p{k}", reference=str(a + b), question=q,
+                                 prompt=build_messages(q, recipe.system_prompt, recipe.few_shot), teacher=recipe.model,
+                                 correct=False, kept=False, verdict_reason="mismatch", extracted_answer=str(wrong)))
+    wh = Warehouse(base)
+    wh.write_part("kill-j", 0, traces)
+    wh.write_run({"run_id": "kill-j", "status": "finished", "recipe": recipe.to_dict(), "timings": {}})
+    wh.refresh()
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    shutil.copytree(base, clean)
+    shutil.copytree(base, crashed)
+    args = ["journeys", "kill-j", "--mode", "teacher", "--batch", "1"]
+
+    proc = run_cli(*args, "--warehouse", str(clean))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = journey_rows(clean)
+    assert len(expected) == 3
+
+    ckpt = crashed / "traces" / "run_id=kill-j" / ".journey-teacher"
+    p = subprocess.Popen([*DISTILL, *args, "--warehouse", str(crashed)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_when(p, lambda: ckpt.exists() and any(ckpt.glob("*.parquet")), timeout=900)
+    saved = {r["trace_id"]: r for f in ckpt.glob("*.parquet") for r in pq.read_table(f).to_pylist()}
+    assert 1 <= len(saved) < len(expected)
+    assert not (crashed / "traces" / "run_id=kill-j" / "journey-teacher.parquet").exists()
+
+    proc = run_cli(*args, "--warehouse", str(crashed))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = journey_rows(crashed)
+    ids = [r[0] for r in Warehouse(crashed).query("select trace_id from traces where kind = 'journey'")[1]]
+    assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))  # same journeys, each once
+    stats = Warehouse(crashed).read_run("kill-j")["journeys"]["teacher"]
+    # no finished journey was asked again: the rerun asked the teacher only for the others
+    assert (stats["reused"], stats["built"], stats["asked"]) == (len(saved), 3 - len(saved), 3 - len(saved))
+    for k, r in saved.items():
+        assert (got[k]["completion"], got[k]["created_at"]) == (r["completion"], r["created_at"])
+    assert not list(ckpt.glob("*.parquet"))
+    # batch by batch the same prompts, the same seed: the same rows as the uninterrupted build
+    def same(rows):
+        return {k: {c: v for c, v in r.items() if c not in ("created_at", "latency_s")} for k, r in rows.items()}
+
+    assert same(got) == same(expected)

@@ -53,3 +53,40 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
     run = wh.read_run(s["run_id"])
     assert s2["run_id"] == s["run_id"] and run["shards_resumed"] == run["shards"]
     assert s2["timings"]["train_shortcut"] < 5 and s2["timings"]["train_mixed"] < 5
+
+
+def test_heldout_filter_removes_generation_problems_when_the_recipe_has_a_prompt_template(tmp_path, make_trace):
+    """gsm8k-r1.yaml wraps each question in a template: the stored prompt is not the question, yet every
+    problem generation used must leave the eval set (by its question text, or by its problem id)."""
+    from flows.generate import problems_for
+    from flows.pipeline import PipelineConfig, heldout_problems, seen_problems
+    from flows.recipe import load_recipe
+    from generators.base import build_messages
+    from warehouse.schema import make_trace_id
+
+    gen_path = ROOT / "recipes" / "gsm8k-r1.yaml"
+    recipe = load_recipe(gen_path, {"dataset": "data/gsm8k-test-50.jsonl", "limit": 6, "warehouse": str(tmp_path / "wh")})
+    assert recipe.prompt_template != "{question}"
+    problems = problems_for(recipe, gen_path.parent)
+    traces = []
+    for k, p in enumerate(problems):
+        prompt = build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+        assert prompt[-1]["content"].strip() != p.question.strip()  # what the old comparison looked at
+        traces.append(make_trace(trace_id=make_trace_id(prompt, recipe.model, "{}", 0), run_id="g", problem_id=p.problem_id,
+                                 prompt=prompt, question=None if k == 0 else p.question))  # row 0: written before `question`
+    wh = Warehouse(recipe.warehouse)
+    wh.write_part("g", 0, traces)
+    wh.refresh()
+    questions, ids = seen_problems(wh, "g", recipe.prompt_template)
+    assert questions == {p.question.strip() for p in problems} and ids == {p.problem_id for p in problems}
+
+    # the eval set: the file's first 10 questions under another name, so problem ids differ and only text can match
+    rows = [json.loads(line) for line in (ROOT / "recipes" / "data" / "gsm8k-test-50.jsonl").read_text().splitlines()[:10]]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = PipelineConfig(eval_dataset=str(tmp_path / "eval.jsonl"), eval_options={})
+    held, removed = heldout_problems(cfg, tmp_path, questions, ids)
+    assert removed == 6 and not {p.question for p in held} & {p.question for p in problems}
+    # by id alone: the same file as generation, questions not compared
+    cfg = PipelineConfig(eval_dataset="data/gsm8k-test-50.jsonl", eval_options={})
+    held, removed = heldout_problems(cfg, gen_path.parent, set(), ids)
+    assert removed == 6 and len(held) == 44

@@ -105,28 +105,34 @@ def eligible_wrong(rows: list[dict]) -> list[dict]:
     return first + rest
 
 
-def journey_id(mode: str, parents: list[str], sampling: str) -> str:
-    return hashlib.sha256("\x1f".join(["journey", mode, sampling, *parents]).encode()).hexdigest()[:24]
+def journey_id(mode: str, parents: list[str], sampling: dict) -> str:
+    """A journey's identity: its mode, the samples it starts from and what it was asked with (`sampling`).
+
+    Known before the journey is built, so a rebuild can tell which journeys are already stored.
+    """
+    key = sampling_json({"journey": mode, **sampling})
+    return hashlib.sha256("\x1f".join(["journey", mode, key, *parents]).encode()).hexdigest()[:24]
 
 
 def journey_trace(base: dict, *, mode: str, parents: list[str], sample_index: int, reasoning: str, answer: str,
                   sampling: dict, teacher: str, backend: str, finish_reason: str | None, correct: bool | None,
                   verifier: str | None, verdict_reason: str | None, extracted: str | None,
                   rejected_by: str | None = None, completion_tokens: int | None = None,
-                  prompt_tokens: int | None = None, latency_s: float | None = None) -> Trace:
+                  prompt_tokens: int | None = None, latency_s: float | None = None, cost_usd: float | None = None,
+                  outcome: dict | None = None) -> Trace:
     """A journey row. `base` is a sample row of the same problem: it gives the problem's fields and
-    the prompt the student will see (the problem, not the teacher's correction prompt)."""
-    sampling_s = sampling_json({"journey": mode, **sampling})
+    the prompt the student will see (the problem, not the teacher's correction prompt). `outcome`
+    (e.g. how many wrong branches it took) is stored in the sampling column but is not part of the id."""
     completion = f"<think>\n{reasoning.strip()}\n</think>\n\n{answer.strip()}"
     return Trace(
-        trace_id=journey_id(mode, parents, sampling_s), run_id=base["run_id"], problem_id=base["problem_id"],
+        trace_id=journey_id(mode, parents, sampling), run_id=base["run_id"], problem_id=base["problem_id"],
         sample_index=sample_index, kind="journey", parents=list(parents), source=base["source"],
-        domain=base["domain"], prompt=base["prompt"], reference=base["reference"], teacher=teacher,
-        backend=backend, sampling=sampling_s, completion=completion, reasoning=reasoning.strip(),
-        answer=answer.strip(), finish_reason=finish_reason, prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens, latency_s=latency_s, correct=correct, verifier=verifier,
-        verdict_reason=verdict_reason, extracted_answer=extracted, kept=rejected_by is None,
-        rejected_by=rejected_by, rejected_stage=None if rejected_by is None else "journey",
+        domain=base["domain"], prompt=base["prompt"], question=base.get("question"), reference=base["reference"],
+        teacher=teacher, backend=backend, sampling=sampling_json({"journey": mode, **sampling, **(outcome or {})}),
+        completion=completion, reasoning=reasoning.strip(), answer=answer.strip(), finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_s=latency_s, cost_usd=cost_usd,
+        correct=correct, verifier=verifier, verdict_reason=verdict_reason, extracted_answer=extracted,
+        kept=rejected_by is None, rejected_by=rejected_by, rejected_stage=None if rejected_by is None else "journey",
     )
 
 
@@ -152,5 +158,6 @@ def template_journeys(rows: list[dict], max_wrong: int = 1, per_problem: int | N
                 c, mode="template", parents=[w["trace_id"] for w in picked] + [c["trace_id"]], sample_index=i,
                 reasoning=journey_reasoning(picked, c), answer=c["answer"], sampling={"max_wrong": max_wrong},
                 teacher=c["teacher"], backend="template", finish_reason=c["finish_reason"], correct=c["correct"],
-                verifier=c["verifier"], verdict_reason=c["verdict_reason"], extracted=c["extracted_answer"]))
+                verifier=c["verifier"], verdict_reason=c["verdict_reason"], extracted=c["extracted_answer"],
+                cost_usd=0.0))  # no teacher call: its samples' costs are on their own rows
     return sorted(out, key=lambda t: t.trace_id)
