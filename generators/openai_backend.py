@@ -220,12 +220,20 @@ class OpenAIGenerator:
                                      limits=limits) as client:
             tasks = [asyncio.create_task(self._sample(client, sem, body, key)) for _, _, body in jobs]
             number = {t: i for i, t in enumerate(tasks)}
-            pending = set(tasks)
+            # Completed tasks in the order they complete (one asyncio.wait over all of them per
+            # completion would cost O(tasks) each time).
+            finished: asyncio.Queue = asyncio.Queue()
+            for t in tasks:
+                t.add_done_callback(finished.put_nowait)
+            left = len(tasks)
             try:
-                while pending:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                while left:
+                    done = [await finished.get()]
+                    while not finished.empty():  # those completed at the same moment go together
+                        done.append(finished.get_nowait())
+                    left -= len(done)
                     fatal = None
-                    for t in sorted(done, key=number.get):
+                    for t in done:
                         if t.exception() is not None:
                             fatal = fatal or t.exception()
                             continue
@@ -239,6 +247,7 @@ class OpenAIGenerator:
                     if len(refused) == self.BREAKER:  # the first BREAKER completed: all refused
                         raise BackendError(self._breaker_message(refused))
             finally:  # fatal, the breaker, or emit (the caller's on_sample) raised: stop the rest
+                pending = [t for t in tasks if not t.done()]
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)

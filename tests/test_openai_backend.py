@@ -473,7 +473,8 @@ def test_breaker_stops_a_server_that_refuses_everything(fault_server):
     msg = str(e.value)
     assert "refused the first 8 requests" in msg and "HTTP 403" in msg and "organization suspended" in msg
     assert s.url in msg and "\n" not in msg
-    assert len(seen.calls) == 8 and all(x.finish_reason == "error" for _, _, x in seen.calls)
+    # the eight, and any that completed at the same moment: every completed one is handed over
+    assert 8 <= len(seen.calls) <= len(s.requests) and all(x.finish_reason == "error" for _, _, x in seen.calls)
     assert len(s.requests) < 8 + 4  # at most the requests already in flight beyond the eighth, of 40
 
 
@@ -494,7 +495,7 @@ def test_an_on_sample_that_raises_stops_the_call(fault_server):
             [build_messages(f"q{i}") for i in range(10)], sampling(n=2), on_sample=seen)
     assert len(seen.calls) == 1 and time.monotonic() - t0 < 2
     time.sleep(0.3)
-    assert len(s.requests) <= 3  # the one that finished and those in flight; the other 17 never sent
+    assert len(s.requests) <= 4  # those in flight and those that took their slots; the other 16 never sent
 
 
 def test_permanent_401_fails_fast_and_never_shows_the_key(fault_server, monkeypatch, caplog):
@@ -596,7 +597,7 @@ def test_an_on_sample_that_raises_inside_a_running_event_loop_stops_the_call(fau
     with pytest.raises(RuntimeError, match="disk full"):
         asyncio.run(caller())
     time.sleep(0.3)
-    assert len(seen.calls) == 1 and len(s.requests) <= 3
+    assert len(seen.calls) == 1 and len(s.requests) <= 4
 
 
 def test_bad_configuration_fails_at_construction():
