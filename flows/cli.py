@@ -296,7 +296,7 @@ def export(
     max_wrong: int = typer.Option(1, "--max-wrong", help="journey: most wrong paths before the correct one."),
     hub: Optional[str] = typer.Option(None, "--hub", help="Also push to this Hugging Face dataset repo (org/name)."),
     private: bool = typer.Option(False, "--private", help="With --hub: create the repo private."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a distill export."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an earlier export included)."),
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
 ):
     """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
