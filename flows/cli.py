@@ -33,6 +33,11 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def message(e: Exception) -> str:
+    """An error's text; a KeyError's without the quotes its str() adds (and only those)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
 def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[Path]):
     """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
     from flows.recipe import RecipeError, load_recipe, parse_set
@@ -64,7 +69,7 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
         task_runner_for(rcp)
         problems = problems_for(rcp, recipe.parent)
     except (RecipeError, ProblemError, BackendError, KeyError, ValueError) as e:
-        fail(str(e).strip("'\""))
+        fail(message(e))
     return rcp, backend, problems
 
 
@@ -475,7 +480,7 @@ def verify(
     try:
         fn = get_verifier(verifier)
     except KeyError as e:
-        fail(str(e).strip("'\""))
+        fail(message(e))
     print(json.dumps(fn(read_stdin("the completion"), reference or None).as_dict(), ensure_ascii=False))
 
 
@@ -494,7 +499,7 @@ def score(
     try:
         f = filters.make_filter(filter_name, **parse_set(set_))
     except (KeyError, ValueError, RecipeError) as e:
-        fail(str(e).strip("'\""))
+        fail(message(e))
     text = read_stdin("the reasoning")
     trace = Trace(trace_id="-", run_id="-", problem_id="-", sample_index=0, source="stdin", domain="math",
                   prompt=[], reference=None, teacher="-", backend="-", sampling="{}", completion=text,
