@@ -80,6 +80,8 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set n=8 (repeatable)."),
     warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="Start a new run instead of resuming the same recipe's."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show the engine's logs (vLLM, Prefect, warnings) "
+                                 "here; without it they go only to <warehouse>/logs/RUN_ID.log."),
 ):
     """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
     from generators.base import BackendError
@@ -91,6 +93,10 @@ def run(
     err.print(f"run [bold]{run_id}[/]: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} "
               f"({backend}), warehouse {rcp.warehouse}", highlight=False)
     command = shlex.join(["distill", *sys.argv[1:]])
+    if not verbose:
+        from flows.logs import to_log_file
+
+        to_log_file(Path(rcp.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
     try:
         result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
     except BackendError as e:

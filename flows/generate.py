@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import filters as filters_mod
 from filters.selection import select_per_problem
+from flows.logs import terminal
 from flows.recipe import Recipe
 from generators import make_generator, pick_backend
 from generators.base import BackendError, SamplingConfig, build_messages
@@ -341,7 +342,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         if todo:
             futures = [shard_task.submit(recipe, run_id, backend, i, shards[i], base_dir) for i in todo]
             failures, errors = [], []
-            with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=sys.stderr) as bar:
+            with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=terminal()) as bar:
                 for fut in as_completed(futures):
                     try:
                         counts = fut.result()

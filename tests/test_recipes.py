@@ -75,13 +75,21 @@ def test_recipe_runs_from_a_fresh_clone(name, tmp_path):
         (clone / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, clone / rel)
     wh = tmp_path / "wh"
+    verbose = ["--verbose"] if name == "gsm8k" else []  # one of them with the engine's logs shown
     proc = subprocess.run([*DISTILL, "run", str(clone / "recipes" / f"{name}.yaml"), "--limit", "2",
                            "--set", "n=2", "--set", "max_tokens=32", "--set", "backend=transformers",
-                           "--warehouse", str(wh)],
+                           "--warehouse", str(wh), *verbose],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # this checkout's code, from elsewhere
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"problems\s*│\s*2\b", proc.stdout) and "query it:" in proc.stdout
+    # Prefect's flow-run lines: in the run's log file, or on stderr with --verbose
+    logs = list((wh / "logs").glob("*.log"))
+    shown = proc.stdout + proc.stderr
+    if verbose:
+        assert "Finished in state" in shown and not logs
+    else:
+        assert "Finished in state" not in shown and "Finished in state" in logs[0].read_text()
     verifier, _ = TASKS[name]
     _, rows = Warehouse(wh).query("select verifier, correct, verdict_reason from traces")
     assert len(rows) == 4 and {r[0] for r in rows} == {verifier}
