@@ -462,6 +462,10 @@ def eval_(
     table.add_row(f"maj@{result.k}", f"{result.maj_at_k:.3f}", f"{result.maj_at_k_ci[0]:.3f}–{result.maj_at_k_ci[1]:.3f}")
     table.add_row("answers boxed", f"{result.boxed_rate:.3f}", "")
     out.print(table)
+    if result.boxed_rate == 0:
+        err.print("hint: no answer was in \\boxed{}, so strict pass@1 (right and boxed) is 0: the model has not "
+                  "learned the answer format; a student needs more training steps, a base model the format shown "
+                  "(--prompt-from recipes/default.yaml).", highlight=False, markup=False)
     err.print(f"stored: {path} (distill sql \"select * from evals\")", highlight=False)
 
 
