@@ -177,6 +177,13 @@ def test_readme_server_command_has_what_the_tests_server_needs(tmp_path):
     assert set(server.ENV) <= set(env) and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
+def test_after_the_demo_says_how_long_and_limits_the_eval():
+    part = README.split("## After the demo")[1].split("\n## ")[0]
+    evals = [line for line in part.splitlines() if line.startswith("distill eval ")]
+    assert evals and all("--limit" in line for line in evals)
+    assert re.search(r"`train` [\d½]+ min", part) and re.search(r"`eval` .* \d+ s", part, re.S) and "hint" in part
+
+
 def test_readme_shows_many_commands():
     names = {c[0] for c in distill_commands() if c[-1] is not None}
     assert {"run", "sql", "export", "train", "eval", "journeys", "report", "compare", "serve", "pipeline"} <= names
