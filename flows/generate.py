@@ -8,7 +8,6 @@ process keeps one teacher engine, used by one shard at a time, while other shard
 import hashlib
 import platform
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
