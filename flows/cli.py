@@ -33,6 +33,11 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def message(e: Exception) -> str:
+    """An error's text; a KeyError's without the quotes its str() adds (and only those)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
 def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[Path]):
     """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
     from flows.recipe import RecipeError, load_recipe, parse_set
@@ -64,7 +69,7 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
         task_runner_for(rcp)
         problems = problems_for(rcp, recipe.parent)
     except (RecipeError, ProblemError, BackendError, KeyError, ValueError) as e:
-        fail(str(e).strip("'\""))
+        fail(message(e))
     return rcp, backend, problems
 
 
@@ -75,6 +80,8 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set n=8 (repeatable)."),
     warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="Start a new run instead of resuming the same recipe's."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show the engine's logs (vLLM, Prefect, warnings) "
+                                 "here; without it they go only to <warehouse>/logs/RUN_ID.log."),
 ):
     """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
     from generators.base import BackendError
@@ -86,6 +93,10 @@ def run(
     err.print(f"run [bold]{run_id}[/]: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} "
               f"({backend}), warehouse {rcp.warehouse}", highlight=False)
     command = shlex.join(["distill", *sys.argv[1:]])
+    if not verbose:
+        from flows.logs import to_log_file
+
+        to_log_file(Path(rcp.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
     try:
         result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
     except BackendError as e:
@@ -301,7 +312,7 @@ def export(
     max_wrong: int = typer.Option(1, "--max-wrong", help="journey: most wrong paths before the correct one."),
     hub: Optional[str] = typer.Option(None, "--hub", help="Also push to this Hugging Face dataset repo (org/name)."),
     private: bool = typer.Option(False, "--private", help="With --hub: create the repo private."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a distill export."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an earlier export included)."),
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
 ):
     """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
@@ -459,6 +470,10 @@ def eval_(
     table.add_row(f"maj@{result.k}", f"{result.maj_at_k:.3f}", f"{result.maj_at_k_ci[0]:.3f}–{result.maj_at_k_ci[1]:.3f}")
     table.add_row("answers boxed", f"{result.boxed_rate:.3f}", "")
     out.print(table)
+    if result.boxed_rate == 0:
+        err.print("hint: no answer was in \\boxed{}, so strict pass@1 (right and boxed) is 0: the model has not "
+                  "learned the answer format; a student needs more training steps, a base model the format shown "
+                  "(--prompt-from recipes/default.yaml).", highlight=False, markup=False)
     err.print(f"stored: {path} (distill sql \"select * from evals\")", highlight=False)
 
 
@@ -483,7 +498,7 @@ def verify(
     try:
         fn = get_verifier(verifier)
     except KeyError as e:
-        fail(str(e).strip("'\""))
+        fail(message(e))
     print(json.dumps(fn(read_stdin("the completion"), reference or None).as_dict(), ensure_ascii=False))
 
 
@@ -502,7 +517,7 @@ def score(
     try:
         f = filters.make_filter(filter_name, **parse_set(set_))
     except (KeyError, ValueError, RecipeError) as e:
-        fail(str(e).strip("'\""))
+        fail(message(e))
     text = read_stdin("the reasoning")
     trace = Trace(trace_id="-", run_id="-", problem_id="-", sample_index=0, source="stdin", domain="math",
                   prompt=[], reference=None, teacher="-", backend="-", sampling="{}", completion=text,

@@ -19,7 +19,6 @@ teacher engine, used by one shard at a time, while other shards verify and write
 import hashlib
 import platform
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 import filters as filters_mod
 from filters.selection import select_per_problem
+from flows.logs import terminal
 from flows.recipe import Recipe
 from generators import make_generator, pick_backend
 from generators.base import BackendError, SamplingConfig, build_messages
@@ -462,7 +462,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                                          {tid: stored[tid] for p in shards[i] for tid in sample_ids(recipe, p)
                                           if tid in stored}) for i in todo]
             failures, errors = [], []
-            with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=sys.stderr) as bar:
+            with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=terminal()) as bar:
                 for fut in as_completed(futures):
                     try:
                         counts = fut.result()

@@ -81,9 +81,11 @@ def _resolve(base_dir: Path, name: str) -> Path:
 
 @task(name="export", cache_policy=NO_CACHE)
 def export_task(root: str, run_id: str, out: Path, variant: str) -> int:
-    from warehouse.export import export
+    from warehouse.export import export, is_export
 
-    res = export(root, out, runs=[run_id], variant=variant, command=f"distill pipeline (export {variant})")
+    # The pipeline's own export from an earlier call is replaced; any other folder there is refused.
+    res = export(root, out, runs=[run_id], variant=variant, command=f"distill pipeline (export {variant})",
+                 overwrite=is_export(out))
     return sum(res.splits.values())
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -228,9 +229,16 @@ def read_config(path: str | Path, known: list[str], overrides: dict | None = Non
     for source, keys in ((str(path), data), ("--set", overrides or {})):
         unknown = sorted(set(keys) - set(known))
         if unknown:
-            raise RecipeError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+            raise RecipeError(unknown_key(source, unknown[0], known, what))
     data.update(overrides or {})
     return data
+
+
+def unknown_key(source: str, key, known, what: str = "recipe") -> str:
+    """One short line: the closest known key when there is one, never the whole list (50-odd keys)."""
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}?" if close else f"every {what} key is listed in README.md"
+    return f"{source}: unknown key {key!r} — {hint}"
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:

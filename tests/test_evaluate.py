@@ -46,6 +46,17 @@ def test_eval_on_the_real_model_stores_a_consistent_result(tmp_path):
     assert p1 * 6 == pytest.approx(round(p1 * 6))  # a whole number of correct samples out of 6
 
 
+def test_eval_says_why_when_no_answer_is_boxed(tmp_path):
+    """Zero-shot, the base model never boxes (FACTS.md: 0.00 boxed): the report says why, in one line."""
+    proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--limit", "2", "--n", "1",
+                   "--backend", "transformers", "--max-tokens", "16", "--warehouse", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (boxed,), = Warehouse(tmp_path).query("select boxed_rate from evals")[1]
+    hints = [line for line in proc.stderr.splitlines() if line.startswith("hint:")]
+    assert boxed == 0  # the premise (FACTS.md)
+    assert len(hints) == 1 and "\\boxed{}" in hints[0] and "--prompt-from" in hints[0]
+
+
 def test_eval_bad_k_is_one_line(tmp_path):
     proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--n", "2", "--k", "3",
                    "--warehouse", str(tmp_path), timeout=60)

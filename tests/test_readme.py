@@ -159,6 +159,31 @@ def distill_commands() -> list[list[str]]:
     return [list(c) for c in dict.fromkeys(map(tuple, commands))]  # each once, in README's order
 
 
+def test_readme_server_command_has_what_the_tests_server_needs(tmp_path):
+    """README's `vllm ... api_server` line carries every option and variable of the server the tests start
+    under load (tests/test_openai_backend.py); without them a CPU server dies or never starts."""
+    from tests.test_openai_backend import VLLMServer
+
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "openai.api_server" in b)
+    words = shlex.split(block.replace("\\\n", " ").split(" &")[0], comments=True)
+    env = dict(w.split("=", 1) for w in words[:words.index("python")])
+    readme = {w: words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+              for i, w in enumerate(words) if w.startswith("--")}
+    server = VLLMServer(tmp_path)
+    ours = server.command("MODEL")
+    for option in (w for w in ours if w.startswith("--")):
+        assert option in readme, f"README's server command lacks {option}"
+    assert readme["--host"] == "127.0.0.1" and readme["--served-model-name"] == "smollm2-135m"
+    assert set(server.ENV) <= set(env) and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+def test_after_the_demo_says_how_long_and_limits_the_eval():
+    part = README.split("## After the demo")[1].split("\n## ")[0]
+    evals = [line for line in part.splitlines() if line.startswith("distill eval ")]
+    assert evals and all("--limit" in line for line in evals)
+    assert re.search(r"`train` [\d½]+ min", part) and re.search(r"`eval` .* \d+ s", part, re.S) and "hint" in part
+
+
 def test_readme_shows_many_commands():
     names = {c[0] for c in distill_commands() if c[-1] is not None}
     assert {"run", "sql", "export", "train", "eval", "journeys", "report", "compare", "serve", "pipeline"} <= names

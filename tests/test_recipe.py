@@ -28,6 +28,15 @@ def test_unknown_key_names_it(tmp_path):
         load_recipe(path)
 
 
+def test_unknown_key_suggests_the_closest_and_stays_short(tmp_path):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(DEFAULT, {"temprature": 0.7})
+    assert str(e.value) == "--set: unknown key 'temprature' — did you mean 'temperature'?"
+    with pytest.raises(RecipeError) as e:
+        load_recipe(DEFAULT, {"zzz": 1})
+    assert len(str(e.value)) < 100 and "did you mean" not in str(e.value)
+
+
 def test_unknown_set_key_names_it():
     with pytest.raises(RecipeError, match="--set: unknown key 'nn'"):
         load_recipe(DEFAULT, {"nn": 3})
@@ -63,6 +72,14 @@ def test_cli_bad_input_fails_fast_with_one_line(tmp_path, args, message):
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "wh").exists()
+
+
+def test_cli_bad_value_keeps_its_quotes_and_misspelling_gets_a_suggestion(tmp_path):
+    proc = run_cli("run", "recipes/default.yaml", "--set", "n=abc", "--warehouse", str(tmp_path / "wh"), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: recipe key 'n': expected a whole number >= 1, got 'abc'"
+    proc = run_cli("run", "recipes/default.yaml", "--set", "temprature=1", "--warehouse", str(tmp_path / "wh"),
+                   timeout=120)
+    assert proc.stderr.strip() == "error: --set: unknown key 'temprature' — did you mean 'temperature'?"
 
 
 def test_cli_row_without_answer_fails_before_generation(tmp_path):

@@ -51,8 +51,11 @@ def test_lora_saves_an_adapter(wh_dir, tmp_path):  # noqa: F811
 def test_unknown_training_key_is_clear(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("lr: 0.1\n")
+    path.with_name("empty.yaml").write_text("")
     with pytest.raises(TrainError, match="unknown key 'lr'"):
         load_train_config(path)
+    with pytest.raises(TrainError, match="unknown key 'learning_rat' — did you mean 'learning_rate'\\?$"):
+        load_train_config(path.with_name("empty.yaml"), {"learning_rat": 1})
 
 
 def test_cli_missing_data_is_one_line(tmp_path):

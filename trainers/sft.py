@@ -7,6 +7,7 @@ any chat template. Checkpoints go to `output_dir/checkpoint-*`; `resume: true` c
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -69,7 +70,9 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     for source, keys in ((str(path), data), ("--set", overrides or {})):
         unknown = sorted(set(keys) - known)
         if unknown:
-            raise TrainError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)  # as flows.recipe.unknown_key
+            raise TrainError(f"{source}: unknown key {unknown[0]!r} — "
+                             + (f"did you mean {close[0]!r}?" if close else "every training key is listed in README.md"))
     data.update(overrides or {})
     cfg = TrainConfig(**data)
     # an export folder named in the recipe may sit beside it; other paths are relative to the working directory

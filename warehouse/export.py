@@ -135,6 +135,12 @@ def journey_rows(wh: Warehouse, selected: list[dict], runs: list[str] | None, wh
     return sorted(out, key=lambda r: r["trace_id"])
 
 
+def is_export(folder: str | Path) -> bool:
+    """Whether `folder` holds a dataset written by `export` (its card carries the marker)."""
+    readme = Path(folder) / "README.md"
+    return readme.exists() and MARKER in readme.read_text(errors="replace")
+
+
 def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, where: str | None = None,
            variant: str = "shortcut", test_size: float = 0.0, seed: int = 0, max_wrong: int = 1,
            command: str | None = None, overwrite: bool = False) -> ExportResult:
@@ -144,11 +150,10 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         raise ExportError(f"--test-size must be in [0, 1), got {test_size}")
     wh = Warehouse(root)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        readme = out / "README.md"
-        is_ours = readme.exists() and MARKER in readme.read_text(errors="replace")
-        if not (overwrite or is_ours):
-            raise ExportError(f"{out} exists and is not a distill export: choose another --out or pass --overwrite")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        # An earlier export is a dataset too (its test split may be the only copy): replacing it is asked for.
+        what = "holds an earlier distill export" if is_export(out) else "exists and is not a distill export"
+        raise ExportError(f"{out} {what}: choose another --out or pass --overwrite to replace it")
     if where:
         con = wh.connect()
         try:
