@@ -225,7 +225,9 @@ def test_served_deployment_on_cron_runs_on_trigger_and_picks_up_new_problems(tmp
         run_id = deployment["parameters"]["run_id"]
 
         def trigger_and_wait() -> dict:
-            fr = http.post(f"/deployments/{deployment['id']}/create_flow_run", json={}).json()
+            r = http.post(f"/deployments/{deployment['id']}/create_flow_run", json={})
+            assert r.status_code < 300, f"create_flow_run: HTTP {r.status_code} {r.text[:2000]}\n{log_tail(serve)}"
+            fr = r.json()
             state = wait_for(
                 f"flow run {fr['id']} final",
                 lambda: (s := http.get(f"/flow_runs/{fr['id']}").json()["state"]) and s["type"] in (

@@ -59,4 +59,6 @@ def test_run_on_a_terminal_shows_only_progress_funnel_and_hint(tmp_path):
     # the engine's own logs, its shutdown warnings included, are in the run's log file
     (log,) = (wh / "logs").glob("*.log")
     text = log.read_text(errors="replace")
-    assert "distill run recipes/default.yaml" in text and "EngineCore" in text and "shutdown" in text.lower()
+    # (which of vLLM's lines come depends on its environment and on timing: its warnings at start-up, the
+    # shutdown ones only when an engine process is slow to stop; any of them shows where they all go)
+    assert "distill run recipes/default.yaml" in text and "vllm" in text.lower()
