@@ -90,13 +90,16 @@ def run(
     from flows.generate import run_generate, run_id_for
 
     run_id = run_id_for(rcp, fresh)
-    err.print(f"run [bold]{run_id}[/]: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} "
-              f"({backend}), warehouse {rcp.warehouse}", highlight=False)
+    header = (f"run {run_id}: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} ({backend}), "
+              f"warehouse {rcp.warehouse}")
     command = shlex.join(["distill", *sys.argv[1:]])
-    if not verbose:
+    if verbose:
+        err.print(header, highlight=False)
+    else:  # the terminal shows the progress bar (named by the run id), the funnel and errors; the rest is logged
         from flows.logs import to_log_file
 
         to_log_file(Path(rcp.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
+        print(header, file=sys.stderr, flush=True)  # fd 2 is the run's log file now
     try:
         result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
     except BackendError as e:

@@ -462,7 +462,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                                          {tid: stored[tid] for p in shards[i] for tid in sample_ids(recipe, p)
                                           if tid in stored}) for i in todo]
             failures, errors = [], []
-            with tqdm(total=len(todo), desc="shards", unit="shard", disable=None, file=terminal()) as bar:
+            with tqdm(total=len(todo), desc=f"{run_id} shards", unit="shard", disable=None, file=terminal()) as bar:
                 for fut in as_completed(futures):
                     try:
                         counts = fut.result()
