@@ -105,6 +105,7 @@ def runs(tmp_path_factory):
     where the report cannot be written (`reports` is a file), and a fourth, resumed, into a warehouse of its own: its
     first call fails on shard 0 and writes shard 1 (the contaminated problem), its second writes shard 0. The runs'
     artifacts and the flow's warnings."""
+    import dataclasses
     import logging
 
     import flows.generate as g
@@ -114,8 +115,10 @@ def runs(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
     tmp = tmp_path_factory.mktemp("report")
-    recipes = [recipe_for(tmp, 0.6), recipe_for(tmp, 0.9), recipe_for(tmp, 0.6, "wh-broken")]
-    resumed = recipe_for(tmp, 0.6, "wh-resumed")
+    # names of their own: a run's id does not depend on its warehouse, and Prefect keeps one artifact per key
+    recipes = [recipe_for(tmp, 0.6), recipe_for(tmp, 0.9),
+               dataclasses.replace(recipe_for(tmp, 0.6, "wh-broken"), name="report-broken")]
+    resumed = dataclasses.replace(recipe_for(tmp, 0.6, "wh-resumed"), name="report-resumed")
     (tmp / "wh-broken").mkdir()
     (tmp / "wh-broken" / "reports").write_text("a file where the reports folder should be")
     key = repr([getattr(recipes[0], k) for k in g.TEACHER_KEYS])
