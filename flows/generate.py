@@ -260,7 +260,11 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
     ids = {p.problem_id: sample_ids(recipe, p, prompts[p.problem_id]) for p in problems}
     want = {tid: (pid, i) for pid, tids in ids.items() for i, tid in enumerate(tids) if tid not in have}
     found = {tid: where for tid, where in (stored or {}).items() if tid in want}
-    copied = [reuse(t, run_id, by_id[want[t.trace_id][0]]) for t in wh.read_samples(found) if t.trace_id in want]
+    try:
+        stored_rows = wh.read_samples(found)
+    except FileNotFoundError:  # another run's checkpoint was folded into its part since the lookup: look again
+        stored_rows = wh.read_samples(wh.find_samples(found))
+    copied = [reuse(t, run_id, by_id[want[t.trace_id][0]]) for t in stored_rows if t.trace_id in want]
     got = {t.trace_id for t in copied}
     missing = {p.problem_id: [i for i, tid in enumerate(ids[p.problem_id]) if tid in want and tid not in got]
                for p in problems}

@@ -197,3 +197,18 @@ def test_checkpoints_left_by_a_crash_are_recovered_without_the_teacher(harness, 
     assert not wh.checkpoint_paths(run_id, 1)  # folded into the part
     assert {t.trace_id for t in wh.read_part(run_id, 1)} == {t.trace_id for t in shard1}
     assert all(t.reused_from is None for t in wh.read_part(run_id, 1))  # paid for by this run
+
+
+def test_a_stored_sample_whose_file_went_away_is_looked_up_again(harness, make, tmp_path):
+    """The lookup ran, then the checkpoint it named was folded into a part (another run finishing its
+    shard): the shard looks again and still copies the sample instead of paying for it."""
+    from flows.generate import plan_shards, problems_for, sample_ids, shard_task
+
+    first_id, _, _ = run(make(), tmp_path)
+    recipe = make(keep_per_problem=1)  # another run (another decision), the same samples
+    problems = problems_for(recipe, tmp_path)
+    (shard0,) = plan_shards(None, [p.problem_id for p in problems], recipe.shard_size)[:1]
+    mine = [p for p in problems if p.problem_id in shard0]
+    stale = {tid: (str(tmp_path / "wh" / "gone.parquet"), first_id) for p in mine for tid in sample_ids(recipe, p)}
+    counts = shard_task.fn(recipe, "other-run", "transformers", 0, mine, tmp_path, stale)
+    assert (counts["generated"], counts["reused"], counts["teacher_calls"]) == (0, 4, 0)
