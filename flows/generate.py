@@ -151,7 +151,6 @@ class Checkpoints:
     def __init__(self, wh: Warehouse, run_id: str, shard: int, every_s: float):
         self.wh, self.run_id, self.shard, self.every_s = wh, run_id, shard, every_s
         self.buffer: list[Trace] = []
-        self.written = 0
         self.last = time.monotonic()
 
     def add(self, trace: Trace) -> None:
@@ -162,7 +161,6 @@ class Checkpoints:
     def flush(self) -> None:
         if self.buffer:
             self.wh.write_checkpoint(self.run_id, self.shard, self.buffer)
-            self.written += len(self.buffer)
             self.buffer = []
         self.last = time.monotonic()
 
@@ -415,17 +413,19 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     timings: dict[str, float] = {}  # this call's, summed over the shards it ran
     problems = load_task(recipe, base_dir)
     by_id = {p.problem_id: p for p in problems}  # a question given twice is one problem
-    plan = plan_shards(wh.read_plan(run_id), list(by_id), recipe.shard_size)
-    if plan != wh.read_plan(run_id):
+    previous_plan = wh.read_plan(run_id)
+    plan = plan_shards(previous_plan, list(by_id), recipe.shard_size)
+    if plan != previous_plan:
         wh.write_plan(run_id, plan)  # before any shard is stored: the shards' contents are fixed from here
     shards = [[by_id[pid] for pid in ids if pid in by_id] for ids in plan]
     todo = [i for i in range(len(plan))
             if (shards[i] or wh.part_exists(run_id, i))
             and wh.part_missing(run_id, i, shard_key(shards[i], recipe.n)) != 0]
-    for i in set(range(len(plan))) - set(todo):  # a crash between a part's rename and its checkpoints' removal
+    for i in wh.checkpointed_shards(run_id) - set(todo):  # a crash between a part's rename and its checkpoints' removal
         wh.drop_checkpoints(run_id, i)
     # The generation cache: where the samples the shards to do need are stored, in any run.
-    stored = wh.find_samples(tid for i in todo for p in shards[i] for tid in sample_ids(recipe, p))
+    wanted = {i: [tid for p in shards[i] for tid in sample_ids(recipe, p)] for i in todo}
+    stored = wh.find_samples(tid for ids in wanted.values() for tid in ids)
     backend = backend_for(recipe)
     previous = wh.read_run(run_id) or {}
     call = {"started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None, "status": "running",
@@ -463,8 +463,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     try:
         if todo:
             futures = [shard_task.submit(recipe, run_id, backend, i, shards[i], base_dir,
-                                         {tid: stored[tid] for p in shards[i] for tid in sample_ids(recipe, p)
-                                          if tid in stored}) for i in todo]
+                                         {tid: stored[tid] for tid in wanted[i] if tid in stored}) for i in todo]
             failures, errors = [], []
             with tqdm(total=len(todo), desc=f"{run_id} shards", unit="shard", disable=None, file=terminal()) as bar:
                 for fut in as_completed(futures):

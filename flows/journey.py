@@ -39,7 +39,7 @@ from warehouse.export import question_of
 from warehouse.journey import (cut_wrong_path, eligible_wrong, journey_id, journey_trace, teacher_messages,
                                template_journeys)
 from warehouse.schema import THINK_CLOSE, Trace, from_table, split_think, to_table
-from warehouse.store import Warehouse, _write_atomic
+from warehouse.store import Warehouse, write_atomic
 
 MODES = ("template", "teacher")
 BATCH = 64  # wrong paths per teacher call; finished journeys are saved after each batch
@@ -137,7 +137,7 @@ def _building(wh: Warehouse, run_id: str, mode: str):
 def _checkpoint(folder: Path, traces: list[Trace]) -> None:
     """Finished journeys of one batch, written whole (temporary name, then rename)."""
     if traces:
-        _write_atomic(folder / f"{time.time_ns():020d}-{os.getpid()}.parquet", to_table(traces))
+        write_atomic(folder / f"{time.time_ns():020d}-{os.getpid()}.parquet", to_table(traces))
 
 
 def stored_journeys(wh: Warehouse, run_id: str, mode: str) -> dict[str, Trace]:

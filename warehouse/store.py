@@ -149,7 +149,7 @@ class Warehouse:
         """
         if not table.schema.equals(SCHEMA, check_metadata=False):
             raise ValueError("a part must have exactly warehouse.schema.SCHEMA")
-        return _write_atomic(self.part_path(run_id, shard), table)
+        return write_atomic(self.part_path(run_id, shard), table)
 
     def parts(self) -> list[Path]:
         return sorted((self.root / "traces").glob("run_id=*/part-*.parquet"))
@@ -162,7 +162,11 @@ class Warehouse:
         """A small part file of raw samples (not yet verified or filtered), under a name no other writer
         uses; atomic like every part. The shard's part, once written, holds them all and replaces them."""
         name = f"ckpt-{shard:05d}-{time.time_ns()}-{os.getpid()}-{threading.get_ident()}.parquet"
-        return _write_atomic(self.root / "traces" / f"run_id={run_id}" / name, to_table(traces))
+        return write_atomic(self.root / "traces" / f"run_id={run_id}" / name, to_table(traces))
+
+    def checkpointed_shards(self, run_id: str) -> set[int]:
+        """The shards of a run that have checkpoint files (`ckpt-<shard>-…`), from one listing of its folder."""
+        return {int(p.name.split("-")[1]) for p in (self.root / "traces" / f"run_id={run_id}").glob("ckpt-*.parquet")}
 
     def drop_checkpoints(self, run_id: str, shard: int) -> None:
         """After the shard's part is written: its checkpoints hold nothing the part does not."""
@@ -224,7 +228,7 @@ class Warehouse:
         """All journey rows of one run and mode in one file, written atomically; a rebuild replaces it."""
         if any(t.kind != "journey" or t.run_id != run_id for t in traces):
             raise ValueError(f"write_journeys: every row must be kind 'journey' of run {run_id}")
-        return _write_atomic(self.journey_path(run_id, mode), to_table(traces))
+        return write_atomic(self.journey_path(run_id, mode), to_table(traces))
 
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, run: dict) -> Path:
@@ -258,7 +262,7 @@ class Warehouse:
         except (OSError, pa.ArrowInvalid):  # missing, or unreadable: it holds no data, so write it anew
             current = False
         if not current:
-            _write_atomic(path, pa.Table.from_pylist([], schema=SCHEMA))
+            write_atomic(path, pa.Table.from_pylist([], schema=SCHEMA))
         return path
 
     def refresh(self) -> Path:
@@ -343,7 +347,7 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
                                 "(only SELECT queries; use --out to save a result)")
 
 
-def _write_atomic(path: Path, table: pa.Table) -> Path:
+def write_atomic(path: Path, table: pa.Table) -> Path:
     """Write under a temporary name in the same folder, fsync, rename: readers see all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
