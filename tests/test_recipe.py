@@ -44,7 +44,9 @@ def test_unknown_set_key_names_it():
 
 @pytest.mark.parametrize("override, key", [({"n": 0}, "n"), ({"top_p": 1.5}, "top_p"),
                                            ({"prompt_template": "no slot"}, "prompt_template"),
-                                           ({"few_shot": [{"q": 1}]}, "few_shot")])
+                                           ({"few_shot": [{"q": 1}]}, "few_shot"),
+                                           ({"checkpoint_seconds": -1}, "checkpoint_seconds"),
+                                           ({"checkpoint_seconds": "often"}, "checkpoint_seconds")])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(RecipeError, match=f"recipe key '{key}'"):
         load_recipe(DEFAULT, override)
