@@ -42,10 +42,10 @@ CORES = f"0-{(os.cpu_count() or 1) - 1}"
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", CORES)
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
-from flows.recipe import load_recipe  # noqa: E402
-from generators.base import SamplingConfig, build_messages  # noqa: E402
-from generators.models import resolve_model  # noqa: E402
-from generators.problems import load_problems  # noqa: E402
+from distill.flows.recipe import load_recipe  # noqa: E402
+from distill.generators.base import SamplingConfig, build_messages  # noqa: E402
+from distill.generators.models import resolve_model  # noqa: E402
+from distill.generators.problems import load_problems  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -114,7 +114,7 @@ def bench_naive_hf(model_path: str, convs, sampling: SamplingConfig) -> Row:
 # ---- 2. distill transformers ----------------------------------------------------------------------
 
 def bench_distill_hf(model_path: str, convs, sampling: SamplingConfig) -> Row:
-    from generators.hf import TransformersGenerator
+    from distill.generators.transformers import TransformersGenerator
 
     gen = TransformersGenerator(model_path, seed=sampling.seed)
     gen.generate(convs[:2], SamplingConfig(**{**sampling.as_dict(), "n": 1, "max_tokens": 8}))  # warm-up
@@ -132,7 +132,7 @@ def bench_distill_hf(model_path: str, convs, sampling: SamplingConfig) -> Row:
 def bench_vllm(model_path: str, convs, sampling: SamplingConfig, rounds: int) -> tuple[Row, Row]:
     from vllm import SamplingParams
 
-    from generators.vllm_engine import VLLMGenerator
+    from distill.generators.vllm import VLLMGenerator
 
     t = time.perf_counter()
     gen = VLLMGenerator(model_path, seed=sampling.seed)
@@ -226,7 +226,7 @@ class Server:
 
 def bench_openai(model_path: str, convs, sampling: SamplingConfig, concurrencies: list[int],
                  rounds: int) -> list[Row]:
-    from generators.openai_backend import OpenAIGenerator
+    from distill.generators.openai import OpenAIGenerator
 
     server = Server(model_path)
     try:

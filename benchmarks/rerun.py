@@ -41,7 +41,7 @@ def write(path: Path, rows: list[dict]) -> None:
 
 def distill(wh: Path, data: Path, *sets: str) -> tuple[dict, float]:
     """One `distill run`; returns this call's entry of the run record and the command's wall time."""
-    args = [sys.executable, "-m", "flows.cli", "run", "recipes/default.yaml", "--warehouse", str(wh),
+    args = [sys.executable, "-m", "distill.flows.cli", "run", "recipes/default.yaml", "--warehouse", str(wh),
             "--set", f"dataset={data}", *[x for s in sets for x in ("--set", s)]]
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tests.math_cases import all_cases, completion, plain_math_verify  # noqa: E402
-from verifiers.math import verify  # noqa: E402
+from distill.verifiers.math import verify  # noqa: E402
 
 
 def show(verdict, expected) -> str:

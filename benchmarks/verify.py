@@ -17,10 +17,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import filters  # noqa: E402
-from filters.selection import select_per_problem  # noqa: E402
-from verifiers import get_verifier, verify_batch  # noqa: E402
-from warehouse.schema import Trace, split_think  # noqa: E402
+from distill import filters  # noqa: E402
+from distill.filters.selection import select_per_problem  # noqa: E402
+from distill.verifiers import get_verifier, verify_batch  # noqa: E402
+from distill.warehouse.schema import Trace, split_think  # noqa: E402
 
 WORDS = "so we add the tens and then the ones carefully check each step again because".split()
 

@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from warehouse.schema import SCHEMA, SCHEMA_VERSION, from_table, to_table  # noqa: E402
-from warehouse.store import Warehouse  # noqa: E402
+from distill.warehouse.schema import SCHEMA, SCHEMA_VERSION, from_table, to_table  # noqa: E402
+from distill.warehouse.store import Warehouse  # noqa: E402
 
 SEARCH_WORD = "backtrack"  # a rare word of the vocabulary: a selective full-text search
 COMMON = ("the so we is of and to a that then it this let me check wait but now add step so number "

@@ -10,7 +10,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from warehouse.schema import Trace
+from distill.errors import ConfigError
+from distill.warehouse.schema import Trace
 
 FILTERS: dict[str, type["Filter"]] = {}
 
@@ -25,11 +26,11 @@ def register_filter(name: str):
 
 def make_filter(name: str, **params) -> "Filter":
     if name not in FILTERS:
-        raise KeyError(f"unknown filter {name!r} (known: {', '.join(sorted(FILTERS))})")
+        raise ConfigError(f"unknown filter {name!r} (known: {', '.join(sorted(FILTERS))})")
     try:
         return FILTERS[name](**params)
     except TypeError as e:
-        raise ValueError(f"filter {name!r}: bad parameters {params}: {e}") from None
+        raise ConfigError(f"filter {name!r}: bad parameters {params}: {e}") from None
 
 
 class Filter:

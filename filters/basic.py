@@ -1,8 +1,8 @@
 """The two filters every run needs: truncation and rejection (the verifier's verdict)."""
 from __future__ import annotations
 
-from filters.base import Filter, register_filter
-from warehouse.schema import Trace
+from distill.filters.base import Filter, register_filter
+from distill.warehouse.schema import Trace
 
 
 @register_filter("truncation")

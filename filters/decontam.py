@@ -11,8 +11,9 @@ import json
 import re
 from pathlib import Path
 
-from filters.base import Filter, register_filter
-from warehouse.schema import Trace
+from distill.errors import ConfigError
+from distill.filters.base import Filter, register_filter
+from distill.warehouse.schema import Trace
 
 _WORD = re.compile(r"\w+")
 MIN_ITEM_WORDS = 2  # a one-word eval item would match half the problems in any set
@@ -26,7 +27,7 @@ def _text(line: str, spec: dict, row: int) -> str:
     try:
         return str(json.loads(line)[spec["field"]])
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"decontam filter: {spec['path']}:{row + 1}: not a JSON object with a "
+        raise ConfigError(f"decontam filter: {spec['path']}:{row + 1}: not a JSON object with a "
                          f"{spec['field']!r} field") from None
 
 
@@ -41,11 +42,11 @@ class Decontam(Filter):
 
     def __init__(self, against: list | None = None, n: int = 13, max_share: float = 0.0):
         if not against:
-            raise ValueError(
+            raise ConfigError(
                 "decontam filter: `against` is required, a list of eval sets such as "
                 "[{path: data/math500-test-50.jsonl, field: problem}] (jsonl files, `field` holds the text)")
         if n < 1 or not 0.0 <= max_share < 1.0:
-            raise ValueError(f"decontam filter: need n >= 1 and 0 <= max_share < 1, got n={n}, max_share={max_share}")
+            raise ConfigError(f"decontam filter: need n >= 1 and 0 <= max_share < 1, got n={n}, max_share={max_share}")
         self.sets = [self._spec(a) for a in against]
         # Any overlap is contamination by default (GPT-3, open-r1): 13 words in a row are not chance.
         self.n, self.max_share = n, max_share
@@ -58,17 +59,17 @@ class Decontam(Filter):
         if isinstance(a, str):
             a = {"path": a}
         if not isinstance(a, dict) or "path" not in a:
-            raise ValueError(f"decontam filter: each `against` entry is {{path: ..., field: ...}}, got {a!r}")
+            raise ConfigError(f"decontam filter: each `against` entry is {{path: ..., field: ...}}, got {a!r}")
         path = Path(a["path"]).expanduser()
         if not path.is_file():
-            raise ValueError(f"decontam filter: eval set not found: {path} (relative paths are from {Path.cwd()})")
+            raise ConfigError(f"decontam filter: eval set not found: {path} (relative paths are from {Path.cwd()})")
         spec = {"path": path, "field": a.get("field", "problem"), "name": a.get("name", path.stem)}
         # Check the first row now: a wrong field name should fail when the recipe is loaded, not after
         # the teacher has generated a shard. The index itself is built on first use.
         with open(path, encoding="utf-8") as fh:
             first = next((line for line in fh if line.strip()), None)
         if first is None:
-            raise ValueError(f"decontam filter: eval set is empty: {path}")
+            raise ConfigError(f"decontam filter: eval set is empty: {path}")
         _text(first, spec, 0)
         return spec
 

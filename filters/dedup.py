@@ -16,8 +16,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from filters.base import Filter, register_filter
-from warehouse.schema import Trace
+from distill.errors import ConfigError
+from distill.filters.base import Filter, register_filter
+from distill.warehouse.schema import Trace
 
 NEAR_MAX = 0.999  # 1.0 means exact; an estimate of 1.0 for texts that differ is reported below it
 _WORD = re.compile(r"\w+")
@@ -92,11 +93,11 @@ class Dedup(Filter):
     def __init__(self, scope: str = "problem", threshold: float = 0.85, num_perm: int = 128, bands: int = 16,
                  shingle: int = 5, seed: int = 0):
         if scope not in ("problem", "dataset"):
-            raise ValueError(f"dedup filter: scope must be 'problem' or 'dataset', got {scope!r}")
+            raise ConfigError(f"dedup filter: scope must be 'problem' or 'dataset', got {scope!r}")
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"dedup filter: threshold must be within (0, 1], got {threshold}")
+            raise ConfigError(f"dedup filter: threshold must be within (0, 1], got {threshold}")
         if bands < 1 or num_perm % bands:
-            raise ValueError(f"dedup filter: bands must divide num_perm, got bands={bands}, num_perm={num_perm}")
+            raise ConfigError(f"dedup filter: bands must divide num_perm, got bands={bands}, num_perm={num_perm}")
         # 16 bands of 8 rows: a pair at Jaccard 0.85 shares a band with probability 99.4%, a pair at
         # 0.5 with 6%, so almost all true near duplicates are found and few others are compared.
         self.scope, self.threshold, self.bands = scope, threshold, bands

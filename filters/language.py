@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from filters.base import Filter, register_filter
-from warehouse.schema import Trace
+from distill.errors import ConfigError
+from distill.filters.base import Filter, register_filter
+from distill.warehouse.schema import Trace
 
 # Letters by script. Anything alphabetic not listed here counts as "other" (off target unless the
 # target writes it).
@@ -68,7 +69,7 @@ def _language(code: str):
     try:
         return Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper()))
     except (AttributeError, ValueError):
-        raise ValueError(f"language filter: unknown ISO 639-1 code {code!r}") from None
+        raise ConfigError(f"language filter: unknown ISO 639-1 code {code!r}") from None
 
 
 @lru_cache(maxsize=8)
@@ -101,7 +102,7 @@ class LanguageConsistency(Filter):
         self.target = target.lower()
         self.min_share = float(min_share)
         if not 0.0 <= self.min_share <= 1.0:
-            raise ValueError(f"language filter: min_share must be within [0, 1], got {min_share}")
+            raise ConfigError(f"language filter: min_share must be within [0, 1], got {min_share}")
         self.languages = tuple(sorted({c.lower() for c in languages} | {self.target}))
         for code in self.languages:
             _language(code)  # a typo fails here, when the recipe is loaded, not mid-run

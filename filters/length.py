@@ -1,8 +1,9 @@
 """Length bounds on the completion, in tokens."""
 from __future__ import annotations
 
-from filters.base import Filter, register_filter
-from warehouse.schema import Trace
+from distill.errors import ConfigError
+from distill.filters.base import Filter, register_filter
+from distill.warehouse.schema import Trace
 
 
 @register_filter("length")
@@ -15,7 +16,7 @@ class Length(Filter):
 
     def __init__(self, min_tokens: int = 1, max_tokens: int | None = None):
         if min_tokens < 0 or (max_tokens is not None and max_tokens < min_tokens):
-            raise ValueError(f"length filter: need 0 <= min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
+            raise ConfigError(f"length filter: need 0 <= min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
         self.min_tokens, self.max_tokens = min_tokens, max_tokens
 
     def score(self, trace: Trace) -> float:

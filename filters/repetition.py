@@ -1,8 +1,9 @@
 """Looping chains of thought: a reasoning that repeats its own earlier text word for word."""
 from __future__ import annotations
 
-from filters.base import Filter, register_filter
-from warehouse.schema import Trace
+from distill.errors import ConfigError
+from distill.filters.base import Filter, register_filter
+from distill.warehouse.schema import Trace
 
 
 def repeated_share(text: str, n: int = 10) -> float:
@@ -34,7 +35,7 @@ class Repetition(Filter):
 
     def __init__(self, n: int = 10, max_share: float = 0.3):
         if n < 1 or not 0.0 <= max_share <= 1.0:
-            raise ValueError(f"repetition filter: need n >= 1 and 0 <= max_share <= 1, got n={n}, "
+            raise ConfigError(f"repetition filter: need n >= 1 and 0 <= max_share <= 1, got n={n}, "
                              f"max_share={max_share}")
         self.n, self.max_share = n, max_share
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from warehouse.schema import Trace
+from distill.errors import ConfigError
+from distill.warehouse.schema import Trace
 
 PREFER = ("first", "shortest", "diverse")
 
@@ -41,7 +42,7 @@ def select_per_problem(traces: list[Trace], keep_per_problem: int | None = None,
                        pass_rate_min: float | None = None, pass_rate_max: float | None = None) -> dict:
     """Decide per problem; returns counts of what it dropped. Traces already rejected stay so."""
     if prefer not in PREFER:
-        raise ValueError(f"prefer must be one of {', '.join(PREFER)}, got {prefer!r}")
+        raise ConfigError(f"prefer must be one of {', '.join(PREFER)}, got {prefer!r}")
     by_problem: dict[str, list[Trace]] = defaultdict(list)
     for t in traces:
         by_problem[t.problem_id].append(t)

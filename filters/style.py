@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from filters.base import Filter, register_filter
-from warehouse.schema import Trace
+from distill.filters.base import Filter, register_filter
+from distill.warehouse.schema import Trace
 
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)", re.M)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")

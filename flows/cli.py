@@ -17,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from distill.errors import ConfigError, DistillError, PartialRunError
 
 app = typer.Typer(help="distill: distillation data for reasoning models. Sample long chain-of-thought traces "
                        "from a teacher, verify and filter them into a SQL warehouse.",
@@ -29,47 +32,37 @@ WAREHOUSE_HELP = "Warehouse root folder (default: the recipe's, else ./distill-d
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def message(e: Exception) -> str:
-    """An error's text; a KeyError's without the quotes its str() adds (and only those)."""
-    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    """Bad input found by the CLI itself: the same one line and exit code as any DistillError (see main)."""
+    raise DistillError(message)
 
 
 def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[Path]):
     """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
-    from flows.recipe import RecipeError, load_recipe, parse_set
-    from generators.base import BackendError
-    from generators.models import check_model_name
-    from generators.problems import ProblemError
+    from distill.flows.recipe import load_recipe, parse_set
+    from distill.generators.models import check_model_name
 
-    try:
-        overrides = parse_set(set_)
-        if limit is not None:
-            overrides["limit"] = limit
-        if warehouse is not None:
-            overrides["warehouse"] = str(warehouse)
-        rcp = load_recipe(recipe, overrides)
-        from flows.generate import backend_for
+    overrides = parse_set(set_)
+    if limit is not None:
+        overrides["limit"] = limit
+    if warehouse is not None:
+        overrides["warehouse"] = str(warehouse)
+    rcp = load_recipe(recipe, overrides)
+    from distill.flows.generate import backend_for
 
-        backend = backend_for(rcp)
-        if backend == "openai":
-            if not rcp.api_base:
-                raise RecipeError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
-        else:
-            check_model_name(rcp.model)
-        from verifiers import get_verifier
+    backend = backend_for(rcp)
+    if backend == "openai":
+        if not rcp.api_base:
+            raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
+    else:
+        check_model_name(rcp.model)
+    from distill.verifiers import get_verifier
 
-        get_verifier(rcp.verifier)
-        from flows.generate import build_filters, problems_for, task_runner_for
+    get_verifier(rcp.verifier)
+    from distill.flows.generate import build_filters, problems_for, task_runner_for
 
-        build_filters(rcp, recipe.parent)
-        task_runner_for(rcp)
-        problems = problems_for(rcp, recipe.parent)
-    except (RecipeError, ProblemError, BackendError, KeyError, ValueError) as e:
-        fail(message(e))
+    build_filters(rcp, recipe.parent)
+    task_runner_for(rcp)
+    problems = problems_for(rcp, recipe.parent)
     return rcp, backend, problems
 
 
@@ -84,10 +77,9 @@ def run(
                                  "here; without it they go only to <warehouse>/logs/RUN_ID.log."),
 ):
     """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
-    from generators.base import BackendError
 
     rcp, backend, problems = prepare(recipe, set_, limit, warehouse)
-    from flows.generate import run_generate, run_id_for
+    from distill.flows.generate import run_generate, run_id_for
 
     run_id = run_id_for(rcp, fresh)
     header = (f"run {run_id}: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} ({backend}), "
@@ -96,21 +88,17 @@ def run(
     if verbose:
         err.print(header, highlight=False)
     else:  # the terminal shows the progress bar (named by the run id), the funnel and errors; the rest is logged
-        from flows.logs import to_log_file
+        from distill.flows.logs import to_log_file
 
         to_log_file(Path(rcp.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
         print(header, file=sys.stderr, flush=True)  # fd 2 is the run's log file now
-    try:
-        result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
-    except BackendError as e:
-        fail(str(e))
+    result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
     print_funnel(rcp.warehouse, run_id, result)
     if result.get("failed_samples"):
         first = result["failures"][0]
-        err.print(f"[bold red]{result['failed_samples']} samples failed[/] (first: problem {first['problem_id']} "
-                  f"sample {first['sample_index']}: {first['error']}); the finished ones are stored. "
-                  "Run the same command again to generate only the missing ones.", highlight=False)
-        raise typer.Exit(3)
+        raise PartialRunError(f"{result['failed_samples']} samples failed (first: problem {first['problem_id']} "
+                              f"sample {first['sample_index']}: {first['error']}); the finished ones are stored. "
+                              "Run the same command again to generate only the missing ones.")
 
 
 @app.command()
@@ -135,7 +123,7 @@ def serve(
     except ValueError:
         fail(f"--cron {cron!r} is not a cron expression (e.g. \"0 * * * *\")")
     rcp, backend, problems = prepare(recipe, set_, limit, warehouse)
-    from flows.generate import generate, run_id_for, task_runner_for
+    from distill.flows.generate import generate, run_id_for, task_runner_for
 
     run_id = run_id_for(rcp)
     deployment = name or rcp.name
@@ -149,7 +137,7 @@ def serve(
 
 
 def print_funnel(root: str, run_id: str, run: dict) -> None:
-    from warehouse.store import Warehouse
+    from distill.warehouse.store import Warehouse
 
     wh = Warehouse(root)
     cols, rows = wh.query("SELECT * FROM funnel WHERE run_id = ?", [run_id])
@@ -208,7 +196,7 @@ def sql(
 
     import duckdb
 
-    from warehouse.store import ReadOnlyError, Warehouse, check_read_only
+    from distill.warehouse.store import Warehouse, check_read_only
 
     fmt = fmt or (out_path.suffix.lstrip(".").lower() if out_path else "table")
     if fmt not in FORMATS:
@@ -233,8 +221,6 @@ def sql(
             err.print(f"{count} row{'s' if count != 1 else ''} → {out_path}")
             return
         cols, rows = wh.query(query)
-    except (FileNotFoundError, ReadOnlyError) as e:
-        fail(str(e))
     except duckdb.Error as e:
         fail(str(e).splitlines()[0])
     if fmt == "csv":
@@ -260,17 +246,14 @@ def print_rows(cols: list[str], rows: list[tuple], null: str = "") -> None:
 @app.command()
 def runs(warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder.")):
     """List the runs in the warehouse: status, counts, tokens, wall time."""
-    from warehouse.store import Warehouse
+    from distill.warehouse.store import Warehouse
 
     wh = Warehouse(warehouse)
     wh.refresh_if_writable()
-    try:
-        cols, rows = wh.query(
-            "SELECT r.run_id, r.status, r.started_at, r.teacher, f.problems, f.samples, f.correct, f.kept, "
-            "f.completion_tokens AS tokens, round(r.timings.wall, 1) AS wall_s "
-            "FROM runs r LEFT JOIN funnel f USING (run_id) ORDER BY r.started_at")
-    except FileNotFoundError as e:
-        fail(str(e))
+    cols, rows = wh.query(
+        "SELECT r.run_id, r.status, r.started_at, r.teacher, f.problems, f.samples, f.correct, f.kept, "
+        "f.completion_tokens AS tokens, round(r.timings.wall, 1) AS wall_s "
+        "FROM runs r LEFT JOIN funnel f USING (run_id) ORDER BY r.started_at")
     print_rows(cols, rows)
 
 
@@ -282,7 +265,7 @@ def show(
     """What one run did: recipe, command, versions, git revision, timings, tokens and the funnel."""
     import yaml
 
-    from warehouse.store import Warehouse
+    from distill.warehouse.store import Warehouse
 
     wh = Warehouse(warehouse)
     run = wh.read_run(run_id)
@@ -320,18 +303,15 @@ def export(
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
 ):
     """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
-    from warehouse.export import ExportError, export as do_export, push_to_hub
-    from warehouse.store import ReadOnlyError, Warehouse
+    from distill.warehouse.export import export as do_export, push_to_hub
+    from distill.warehouse.store import Warehouse
 
     wh = Warehouse(warehouse)
     wh.refresh_if_writable()
     command = shlex.join(["distill", *sys.argv[1:]])
-    try:
-        result = do_export(warehouse, out_dir, runs=[r.strip() for r in runs_.split(",") if r.strip()] if runs_ else None,
-                           where=where, variant=variant, test_size=test_size, seed=seed, max_wrong=max_wrong,
-                           command=command, overwrite=overwrite)
-    except (ExportError, ReadOnlyError, FileNotFoundError) as e:
-        fail(str(e))
+    result = do_export(warehouse, out_dir, runs=[r.strip() for r in runs_.split(",") if r.strip()] if runs_ else None,
+                       where=where, variant=variant, test_size=test_size, seed=seed, max_wrong=max_wrong,
+                       command=command, overwrite=overwrite)
     out.print(f"exported {', '.join(f'{k}: {v} rows' for k, v in result.splits.items())} → {result.out} "
               f"(card: {result.out / 'README.md'})", highlight=False)
     if hub:
@@ -358,22 +338,17 @@ def journeys(
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
 ):
     """Build journey rows (kind = journey: a wrong path, noticed, then a right one) from a run's samples."""
-    from flows.journey import JourneyError, build_journeys, recipe_of_run
-    from flows.recipe import RecipeError
-    from generators.base import BackendError
+    from distill.flows.journey import build_journeys, recipe_of_run
 
-    try:
-        if (max_wrong is not None and max_wrong < 1) or (per_problem is not None and per_problem < 1):
-            raise JourneyError("--max-wrong and --per-problem must be >= 1")
-        rcp = recipe_of_run(warehouse, run_id)
-        if journey_recipe:
-            from flows.recipe import load_recipe
+    if (max_wrong is not None and max_wrong < 1) or (per_problem is not None and per_problem < 1):
+        raise DistillError("--max-wrong and --per-problem must be >= 1")
+    rcp = recipe_of_run(warehouse, run_id)
+    if journey_recipe:
+        from distill.flows.recipe import load_recipe
 
-            other = load_recipe(journey_recipe)
-            rcp = dataclasses.replace(rcp, **{k: getattr(other, k) for k in rcp.to_dict() if k.startswith("journey_")})
-        stats = build_journeys(rcp, run_id, mode, max_wrong=max_wrong, per_problem=per_problem, batch=batch)
-    except (JourneyError, RecipeError, BackendError, FileNotFoundError) as e:
-        fail(str(e))
+        other = load_recipe(journey_recipe)
+        rcp = dataclasses.replace(rcp, **{k: getattr(other, k) for k in rcp.to_dict() if k.startswith("journey_")})
+    stats = build_journeys(rcp, run_id, mode, max_wrong=max_wrong, per_problem=per_problem, batch=batch)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected"].items())) or "none"
     out.print(f"{mode} journeys for {run_id}: {stats['built']} built, {stats['reused']} already stored "
               f"({stats['asked']} teacher prompts); {stats['journeys']} stored, {stats['kept']} kept over "
@@ -388,18 +363,11 @@ def pipeline(
     set_: list[str] = typer.Option([], "--set", help="Override a pipeline key: --set eval_n=8 (repeatable)."),
 ):
     """Generate → journeys → export → train students → evaluate base vs students on held-out problems."""
-    from flows.pipeline import run_pipeline
-    from flows.recipe import RecipeError, parse_set
-    from generators.base import BackendError
-    from generators.problems import ProblemError
-    from trainers.sft import TrainError
-    from warehouse.export import ExportError
+    from distill.flows.pipeline import run_pipeline
+    from distill.flows.recipe import parse_set
 
-    try:
-        summary = run_pipeline(recipe, parse_set(set_))
-    except (RecipeError, TrainError, ExportError, BackendError, ProblemError, FileNotFoundError) as e:
-        fail(str(e))
-    from flows.pipeline import results_markdown
+    summary = run_pipeline(recipe, parse_set(set_))
+    from distill.flows.pipeline import results_markdown
 
     out.print(results_markdown(summary), highlight=False, markup=False)
 
@@ -410,16 +378,11 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a training key: --set max_steps=20 (repeatable)."),
 ):
     """Fine-tune a student on distilled traces (TRL SFT; full or LoRA; loss on the assistant's tokens)."""
-    from flows.recipe import RecipeError, parse_set
-    from generators.base import BackendError
-    from trainers.sft import TrainError, load_train_config, train as do_train
-    from warehouse.export import ExportError
+    from distill.flows.recipe import parse_set
+    from distill.trainers.sft import load_train_config, train as do_train
 
-    try:
-        cfg = load_train_config(recipe, parse_set(set_))
-        result = do_train(cfg)
-    except (TrainError, RecipeError, ExportError, BackendError, FileNotFoundError) as e:
-        fail(str(e))
+    cfg = load_train_config(recipe, parse_set(set_))
+    result = do_train(cfg)
     losses = result["losses"]
     out.print(f"trained {result['global_step']} steps on {result['examples']} examples"
               + (f"; loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else "")
@@ -446,25 +409,20 @@ def eval_(
     warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Where the result is stored."),
 ):
     """Evaluate a model: pass@1 over n samples and maj@k, with the same verifier as the data; stores the result."""
-    from flows.recipe import RecipeError, load_recipe
-    from generators.base import BackendError
-    from generators.models import check_model_name
-    from generators.problems import ProblemError
-    from trainers.evaluate import benchmark_problems, evaluate, save
-    from warehouse.store import Warehouse
+    from distill.flows.recipe import load_recipe
+    from distill.generators.models import check_model_name
+    from distill.trainers.evaluate import benchmark_problems, evaluate, save
+    from distill.warehouse.store import Warehouse
 
-    try:
-        if k is not None and not 1 <= k <= n:
-            raise ValueError(f"--k must be between 1 and --n ({n}), got {k}")
-        check_model_name(model)
-        rcp = load_recipe(recipe) if recipe else None
-        problems = benchmark_problems(benchmark, limit, question_field=question_field, answer_field=answer_field)
-        result = evaluate(model, benchmark, problems, n=n, k=k, backend=backend, max_tokens=max_tokens,
-                          temperature=temperature, system_prompt=rcp.system_prompt if rcp else None,
-                          few_shot=rcp.few_shot if rcp else None,
-                          prompt_template=rcp.prompt_template if rcp else "{question}")
-    except (RecipeError, ProblemError, BackendError, ValueError) as e:
-        fail(str(e))
+    if k is not None and not 1 <= k <= n:
+        fail(f"--k must be between 1 and --n ({n}), got {k}")
+    check_model_name(model)
+    rcp = load_recipe(recipe) if recipe else None
+    problems = benchmark_problems(benchmark, limit, question_field=question_field, answer_field=answer_field)
+    result = evaluate(model, benchmark, problems, n=n, k=k, backend=backend, max_tokens=max_tokens,
+                      temperature=temperature, system_prompt=rcp.system_prompt if rcp else None,
+                      few_shot=rcp.few_shot if rcp else None,
+                      prompt_template=rcp.prompt_template if rcp else "{question}")
     path = save(result, warehouse)
     Warehouse(warehouse).refresh()
     table = Table(title=f"{model} on {benchmark} ({result.problems} problems, n={result.n})", show_header=True)
@@ -497,12 +455,9 @@ def verify(
     """Check one completion (read from stdin) by hand; prints the verdict as JSON."""
     import json
 
-    from verifiers import get_verifier
+    from distill.verifiers import get_verifier
 
-    try:
-        fn = get_verifier(verifier)
-    except KeyError as e:
-        fail(message(e))
+    fn = get_verifier(verifier)
     print(json.dumps(fn(read_stdin("the completion"), reference or None).as_dict(), ensure_ascii=False))
 
 
@@ -514,14 +469,11 @@ def score(
     """Score one reasoning text (read from stdin) with a filter (default thresholds unless --set)."""
     import json
 
-    import filters
-    from flows.recipe import RecipeError, parse_set
-    from warehouse.schema import Trace
+    from distill import filters
+    from distill.flows.recipe import parse_set
+    from distill.warehouse.schema import Trace
 
-    try:
-        f = filters.make_filter(filter_name, **parse_set(set_))
-    except (KeyError, ValueError, RecipeError) as e:
-        fail(message(e))
+    f = filters.make_filter(filter_name, **parse_set(set_))
     text = read_stdin("the reasoning")
     trace = Trace(trace_id="-", run_id="-", problem_id="-", sample_index=0, source="stdin", domain="math",
                   prompt=[], reference=None, teacher="-", backend="-", sampling="{}", completion=text,
@@ -536,14 +488,11 @@ def write_page(warehouse: Path, what: str, render) -> None:
     """Bring the views up to date, render, and say where the page went; bad run ids are one line."""
     import duckdb
 
-    from warehouse.report import ReportError
-    from warehouse.store import Warehouse
+    from distill.warehouse.store import Warehouse
 
     try:
         Warehouse(warehouse).refresh_if_writable()
         path = render()
-    except (ReportError, FileNotFoundError) as e:
-        fail(str(e))
     except duckdb.Error as e:
         fail(f"the warehouse at {warehouse} cannot be read: {str(e).splitlines()[0]}")
     out.print(f"{what} → {path}", highlight=False)
@@ -558,7 +507,7 @@ def report(
     """One run as a self-contained HTML page (no network needed to view it): summary, funnel, reasoning
     lengths, pass rates, language consistency, duplicates, decontamination, tokens and cost, throughput,
     and sample traces. `distill run` writes the same page to <warehouse>/reports/RUN_ID.html."""
-    from warehouse.report import write_report
+    from distill.warehouse.report import write_report
 
     write_page(warehouse, "report", lambda: write_report(warehouse, run_id, out_path))
 
@@ -572,13 +521,19 @@ def compare(
 ):
     """Two runs side by side on one self-contained HTML page: the report's figures for each, and the
     summary in two columns with the difference B − A."""
-    from warehouse.report import write_compare
+    from distill.warehouse.report import write_compare
 
     write_page(warehouse, "comparison", lambda: write_compare(warehouse, run_a, run_b, out_path))
 
 
 def main() -> None:
-    app()
+    """The one place errors become messages: a DistillError is one line and its exit code (2 bad input,
+    3 a partial run); anything else is a bug and keeps its traceback."""
+    try:
+        app()
+    except DistillError as e:
+        err.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """README's generated sections: what would drift from the code is written from the code.
 
-    python -m flows.docs        # rewrite every generated section of README.md
+    python -m distill.flows.docs        # rewrite every generated section of README.md
 
 Each section stands between `<!-- NAME:start -->` and `<!-- NAME:end -->` lines:
 - recipe-reference: the generation recipe's keys (flows/recipe.py, Recipe);
@@ -43,7 +43,7 @@ def cli_reference(app=None) -> str:
     import typer
 
     if app is None:
-        from flows.cli import app
+        from distill.flows.cli import app
     group = typer.main.get_command(app)
     commands = [(name, cmd) for name, cmd in group.commands.items() if not cmd.hidden]
 
@@ -70,9 +70,9 @@ def cli_reference(app=None) -> str:
 
 def sections() -> dict[str, str]:
     """The generated sections other than the recipe reference (flows/recipe.py writes that one)."""
-    from flows.pipeline import PipelineConfig
-    from flows.recipe import reference_markdown
-    from trainers.sft import TrainConfig
+    from distill.flows.pipeline import PipelineConfig
+    from distill.flows.recipe import reference_markdown
+    from distill.trainers.sft import TrainConfig
 
     return {"run-identity": run_identity_markdown(),
             "train-reference": reference_markdown(TrainConfig),
@@ -82,7 +82,7 @@ def sections() -> dict[str, str]:
 
 def run_identity_markdown() -> str:
     """Which recipe keys make a run what it is, and which only say how it runs (flows/recipe.py)."""
-    from flows.recipe import EXECUTION_KEYS, KEYS
+    from distill.flows.recipe import EXECUTION_KEYS, KEYS
 
     same = ", ".join(f"`{k}`" for k in KEYS if k in EXECUTION_KEYS)
     new = ", ".join(f"`{k}`" for k in KEYS if k not in EXECUTION_KEYS)
@@ -104,7 +104,7 @@ def section(text: str, name: str) -> str:
 
 def write_readme(readme: Path = README) -> list[str]:
     """Rewrite every generated section of `readme`; returns the names of those that changed."""
-    from flows.recipe import write_readme_reference, write_section
+    from distill.flows.recipe import write_readme_reference, write_section
 
     changed = ["recipe-reference"] if write_readme_reference(readme) else []
     return changed + [name for name, body in sections().items() if write_section(readme, name, body)]

@@ -32,17 +32,18 @@ from prefect.futures import as_completed
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-import filters as filters_mod
-from filters.selection import select_per_problem
-from flows.logs import terminal
-from flows.recipe import Recipe
-from generators import make_generator, pick_backend
-from generators.base import BackendError, SamplingConfig, build_messages
-from generators.models import resolve_model
-from generators.problems import Problem, load_problems
-from verifiers import verify_batch
-from warehouse.schema import Trace, make_trace_id, sampling_json, split_think
-from warehouse.store import Warehouse
+from distill import filters as filters_mod
+from distill.filters.selection import select_per_problem
+from distill.flows.logs import terminal
+from distill.flows.recipe import Recipe
+from distill.generators import make_generator, pick_backend
+from distill.generators.base import SamplingConfig, build_messages
+from distill.errors import BackendError
+from distill.generators.models import resolve_model
+from distill.generators.problems import Problem, load_problems
+from distill.verifiers import verify_batch
+from distill.warehouse.schema import Trace, make_trace_id, sampling_json, split_think
+from distill.warehouse.store import Warehouse
 
 
 def problems_for(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
@@ -499,7 +500,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         record()
         wh.refresh()
     if recipe.journey:  # from the stored samples, so a resumed run builds them from all of its samples
-        from flows.journey import journeys_task  # flows.journey uses this module's teacher cache
+        from distill.flows.journey import journeys_task  # flows.journey uses this module's teacher cache
 
         done = (previous.get("journeys") or {}).get(recipe.journey)
         if todo or not done or not wh.journey_path(run_id, recipe.journey).exists():
@@ -525,7 +526,7 @@ def summary_artifact(wh: Warehouse, run: dict) -> None:
           "| step | in | dropped | kept |", "|---|---:|---:|---:|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in steps],
           "", "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.1f} |" for k, v in sorted(t.items())]]
     try:  # the HTML report, <warehouse>/reports/<run_id>.html: a view of the run, never a reason to fail it
-        from warehouse.report import publish
+        from distill.warehouse.report import publish
 
         md += ["", "## Report", "", publish(wh.root, run["run_id"])]
     except Exception as e:

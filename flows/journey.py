@@ -31,22 +31,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.generate import backend_for, teacher_for
-from flows.recipe import Recipe
-from generators.base import SamplingConfig
-from verifiers import verify_batch
-from warehouse.export import question_of
-from warehouse.journey import (cut_wrong_path, eligible_wrong, journey_id, journey_trace, teacher_messages,
+from distill.flows.generate import backend_for, teacher_for
+from distill.flows.recipe import Recipe
+from distill.generators.base import SamplingConfig
+from distill.verifiers import verify_batch
+from distill.warehouse.export import question_of
+from distill.warehouse.journey import (cut_wrong_path, eligible_wrong, journey_id, journey_trace, teacher_messages,
                                template_journeys)
-from warehouse.schema import THINK_CLOSE, Trace, from_table, split_think, to_table
-from warehouse.store import Warehouse, write_atomic
+from distill.warehouse.schema import THINK_CLOSE, Trace, from_table, split_think, to_table
+from distill.warehouse.store import Warehouse, write_atomic
+from distill.errors import DistillError
 
 MODES = ("template", "teacher")
 BATCH = 64  # wrong paths per teacher call; finished journeys are saved after each batch
 
-
-class JourneyError(ValueError):
-    """A journey build that cannot run: unknown run, no samples, bad mode, another build of it running."""
 
 
 def build_journeys(recipe: Recipe, run_id: str, mode: str | None = None, *, max_wrong: int | None = None,
@@ -54,9 +52,9 @@ def build_journeys(recipe: Recipe, run_id: str, mode: str | None = None, *, max_
     """Build, store and count one run's journeys; returns the counts (also written to the run record)."""
     mode = mode or recipe.journey
     if mode not in MODES:
-        raise JourneyError(f"journey mode must be template or teacher, got {mode!r}")
+        raise DistillError(f"journey mode must be template or teacher, got {mode!r}")
     if batch < 1:
-        raise JourneyError(f"journey batch must be >= 1, got {batch}")
+        raise DistillError(f"journey batch must be >= 1, got {batch}")
     max_wrong = max_wrong or recipe.journey_max_wrong
     per_problem = per_problem or recipe.journey_per_problem
     wh = Warehouse(recipe.warehouse)
@@ -65,7 +63,7 @@ def build_journeys(recipe: Recipe, run_id: str, mode: str | None = None, *, max_
                           "ORDER BY problem_id, sample_index", [run_id])
     rows = [dict(zip(cols, r)) for r in rows]
     if not rows:
-        raise JourneyError(f"run {run_id!r} has no samples in {wh.root} (see `distill runs`)")
+        raise DistillError(f"run {run_id!r} has no samples in {wh.root} (see `distill runs`)")
     started = time.time()
     with _building(wh, run_id, mode) as ckpt:
         stored = stored_journeys(wh, run_id, mode)
@@ -123,7 +121,7 @@ def _building(wh: Warehouse, run_id: str, mode: str):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise JourneyError(f"{mode} journeys of run {run_id!r} are being built by another process: "
+            raise DistillError(f"{mode} journeys of run {run_id!r} are being built by another process: "
                                "wait for it to end") from None
         # temporary files of a killed write (ours: we hold the lock) hold nothing a reader needs
         for stale in [*folder.glob(".tmp-*"), *folder.parent.glob(f".tmp-journey-{mode}.parquet.*")]:
@@ -294,6 +292,6 @@ def recipe_of_run(root: str | Path, run_id: str) -> Recipe:
     """The recipe a stored run was made with (its run record keeps it), pointed at `root`."""
     run = Warehouse(root).read_run(run_id)
     if run is None:
-        raise JourneyError(f"unknown run {run_id!r} in {Path(root).absolute()} (see `distill runs`)")
+        raise DistillError(f"unknown run {run_id!r} in {Path(root).absolute()} (see `distill runs`)")
     fields = {k: v for k, v in run["recipe"].items() if k in Recipe.__dataclass_fields__}
     return Recipe(**{**fields, "warehouse": str(root)})

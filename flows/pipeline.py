@@ -22,9 +22,10 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.generate import release_teachers, run_generate, run_id_for
-from flows.recipe import RecipeError, load_recipe, read_config
-from generators.problems import load_problems
+from distill.flows.generate import release_teachers, run_generate, run_id_for
+from distill.flows.recipe import load_recipe, read_config
+from distill.errors import ConfigError
+from distill.generators.problems import load_problems
 
 
 # Students of the embedded model on this CPU: short examples, full fine-tuning.
@@ -62,11 +63,11 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.journey not in ("template", "teacher"):
-            raise RecipeError(f"pipeline key 'journey': expected template or teacher, got {self.journey!r}")
+            raise ConfigError(f"pipeline key 'journey': expected template or teacher, got {self.journey!r}")
         if not self.students or any(s not in ("shortcut", "journey", "mixed") for s in self.students):
-            raise RecipeError(f"pipeline key 'students': a list of shortcut, journey, mixed, got {self.students!r}")
+            raise ConfigError(f"pipeline key 'students': a list of shortcut, journey, mixed, got {self.students!r}")
         if not isinstance(self.eval_n, int) or self.eval_n < 1:
-            raise RecipeError(f"pipeline key 'eval_n': expected a whole number >= 1, got {self.eval_n!r}")
+            raise ConfigError(f"pipeline key 'eval_n': expected a whole number >= 1, got {self.eval_n!r}")
 
 
 def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[PipelineConfig, Path]:
@@ -81,7 +82,7 @@ def _resolve(base_dir: Path, name: str) -> Path:
 
 @task(name="export", cache_policy=NO_CACHE)
 def export_task(root: str, run_id: str, out: Path, variant: str) -> int:
-    from warehouse.export import export, is_export
+    from distill.warehouse.export import export, is_export
 
     # The pipeline's own export from an earlier call is replaced; any other folder there is refused.
     res = export(root, out, runs=[run_id], variant=variant, command=f"distill pipeline (export {variant})",
@@ -92,7 +93,7 @@ def export_task(root: str, run_id: str, out: Path, variant: str) -> int:
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(settings: dict) -> dict:
     """Train one student, unless one with the same settings and data finished already."""
-    from trainers.sft import TrainConfig, train
+    from distill.trainers.sft import TrainConfig, train
 
     out = Path(settings["output_dir"])
     data_hash = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(settings["data"]).glob("data/*.parquet"))))
@@ -108,7 +109,7 @@ def train_task(settings: dict) -> dict:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def eval_task(model: str, label: str, problems: list, cfg: PipelineConfig, warehouse: str) -> dict:
-    from trainers.evaluate import evaluate, save
+    from distill.trainers.evaluate import evaluate, save
 
     result = evaluate(model, f"{cfg.name}-heldout", problems, n=cfg.eval_n, backend=cfg.eval_backend,
                       temperature=cfg.eval_temperature, max_tokens=cfg.eval_max_tokens)
@@ -145,14 +146,14 @@ def heldout_problems(cfg: PipelineConfig, base_dir: Path, seen_questions: set[st
                              answer_field=cfg.eval_answer_field, options=cfg.eval_options, base_dir=base_dir)
     kept = [p for p in problems if p.question.strip() not in seen_questions and p.problem_id not in seen_ids]
     if not kept:
-        raise RecipeError(f"every eval problem of {cfg.eval_dataset} was used for generation: none is held out")
+        raise ConfigError(f"every eval problem of {cfg.eval_dataset} was used for generation: none is held out")
     return kept, len(problems) - len(kept)
 
 
 @flow(name="pipeline")
 def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) -> dict:
-    from trainers.evaluate import paired_diff_ci
-    from warehouse.store import Warehouse
+    from distill.trainers.evaluate import paired_diff_ci
+    from distill.warehouse.store import Warehouse
 
     started = time.time()
     timings: dict[str, float] = {}

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from warehouse.journey import TEACHER_PROMPT
+from distill.warehouse.journey import TEACHER_PROMPT
+from distill.errors import ConfigError
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot run: unknown key, bad value, missing file."""
 
 
 @dataclass
@@ -122,7 +120,7 @@ class Recipe:
 
     def __post_init__(self):
         def bad(key, expected):
-            raise RecipeError(f"recipe key {key!r}: expected {expected}, got {getattr(self, key)!r}")
+            raise ConfigError(f"recipe key {key!r}: expected {expected}, got {getattr(self, key)!r}")
 
         if self.task_runner not in ("threads", "dask", "ray"):
             bad("task_runner", "threads, dask or ray")
@@ -171,7 +169,7 @@ class Recipe:
             bad("filters", "a list of filter names or {name: {params}}")
         for spec in self.filters:
             if not (isinstance(spec, str) or (isinstance(spec, dict) and len(spec) == 1)):
-                raise RecipeError(f"recipe key 'filters': each entry is a name or {{name: {{params}}}}, got {spec!r}")
+                raise ConfigError(f"recipe key 'filters': each entry is a name or {{name: {{params}}}}, got {spec!r}")
 
     def filter_specs(self) -> list[tuple[str, dict]]:
         return [(s, {}) if isinstance(s, str) else (next(iter(s)), next(iter(s.values())) or {}) for s in self.filters]
@@ -209,7 +207,7 @@ def parse_set(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise RecipeError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return out
@@ -219,17 +217,17 @@ def read_config(path: str | Path, known: list[str], overrides: dict | None = Non
     """A YAML mapping whose keys must all be `known` (as must the --set overrides), overrides applied."""
     path = Path(path)
     if not path.exists():
-        raise RecipeError(f"{what} not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a {what} is a mapping of keys to values")
+        raise ConfigError(f"{path}: a {what} is a mapping of keys to values")
     for source, keys in ((str(path), data), ("--set", overrides or {})):
         unknown = sorted(set(keys) - set(known))
         if unknown:
-            raise RecipeError(unknown_key(source, unknown[0], known, what))
+            raise ConfigError(unknown_key(source, unknown[0], known, what))
     data.update(overrides or {})
     return data
 
@@ -276,5 +274,5 @@ def write_readme_reference(readme: Path) -> bool:
     return write_section(readme, "recipe-reference", reference_markdown())
 
 
-if __name__ == "__main__":  # python -m flows.recipe: refresh README.md's recipe reference
+if __name__ == "__main__":  # python -m distill.flows.recipe: refresh README.md's recipe reference
     print("README.md updated" if write_readme_reference(Path("README.md")) else "README.md already current")

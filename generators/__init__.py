@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 
-from generators.base import BackendError
+from distill.errors import BackendError
 
 BACKENDS = {
-    "vllm": ("generators.vllm_engine", "VLLMGenerator"),
-    "transformers": ("generators.hf", "TransformersGenerator"),
-    "openai": ("generators.openai_backend", "OpenAIGenerator"),
+    "vllm": ("distill.generators.vllm", "VLLMGenerator"),
+    "transformers": ("distill.generators.transformers", "TransformersGenerator"),
+    "openai": ("distill.generators.openai", "OpenAIGenerator"),
 }
 
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from distill.errors import BackendError
 
-
-class BackendError(RuntimeError):
-    """A backend that cannot run here: not installed, or the model cannot be loaded."""
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from generators.base import BackendError
+from distill.errors import BackendError
 
 # alias -> (package holding the file, file name inside it)
 ALIASES = {

@@ -11,12 +11,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from distill.errors import DistillError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
-
-class ProblemError(ValueError):
-    """A dataset that cannot give problems: missing file, missing field, row without an answer."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,7 +47,7 @@ def addition(count: int = 40, digits: list[int] | int = (1, 2), seed: int = 0) -
     """
     digits = [digits] if isinstance(digits, int) else list(digits)
     if not digits or any(d < 1 or d > 6 for d in digits):
-        raise ProblemError(f"builtin:addition: digits must be between 1 and 6, got {digits}")
+        raise DistillError(f"builtin:addition: digits must be between 1 and 6, got {digits}")
     rng = random.Random(seed)
     seen, out = set(), []
     # Problems cycle through `digits`, so each digit count must have room for its share.
@@ -58,7 +56,7 @@ def addition(count: int = 40, digits: list[int] | int = (1, 2), seed: int = 0) -
         space = (10**d - lo) ** 2
         share = sum(1 for j in range(count) if digits[j % len(digits)] == d)
         if share > space:
-            raise ProblemError(f"builtin:addition: only {space} distinct {d}-digit problems, asked {share} "
+            raise DistillError(f"builtin:addition: only {space} distinct {d}-digit problems, asked {share} "
                                f"(count={count}, digits={digits})")
     while len(out) < count:
         d = digits[len(out) % len(digits)]
@@ -77,15 +75,15 @@ BUILTIN_TASKS = {"addition": addition}
 # -- loading ----------------------------------------------------------------------------------
 def _read_local(path: Path, split: str | None) -> list[dict]:
     if not path.exists():
-        raise ProblemError(f"dataset file not found: {path}")
+        raise DistillError(f"dataset file not found: {path}")
     try:
         return _read_local_rows(path, split)
     except UnicodeDecodeError as e:
-        raise ProblemError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise DistillError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except (ValueError, OSError) as e:  # a corrupt Parquet or JSON file: one line, not a traceback
-        if isinstance(e, ProblemError):
+        if isinstance(e, DistillError):
             raise
-        raise ProblemError(f"{path}: cannot be read: {str(e).splitlines()[0]}") from None
+        raise DistillError(f"{path}: cannot be read: {str(e).splitlines()[0]}") from None
 
 
 def _read_local_rows(path: Path, split: str | None) -> list[dict]:
@@ -99,14 +97,14 @@ def _read_local_rows(path: Path, split: str | None) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ProblemError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                    raise DistillError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         return rows
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and split and split in data:
             data = data[split]
         if not isinstance(data, list):
-            raise ProblemError(f"{path}: expected a JSON list of rows")
+            raise DistillError(f"{path}: expected a JSON list of rows")
         return data
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -117,7 +115,7 @@ def _read_local_rows(path: Path, split: str | None) -> list[dict]:
 
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
-    raise ProblemError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(LOCAL_SUFFIXES)})")
+    raise DistillError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(LOCAL_SUFFIXES)})")
 
 
 def _read_hub(dataset_id: str, split: str, config: str | None) -> list[dict]:
@@ -129,7 +127,7 @@ def _read_hub(dataset_id: str, split: str, config: str | None) -> list[dict]:
                  if Path(dataset_id).is_dir() else {})
         ds = datasets.load_dataset(dataset_id, config, split=split, **fresh)
     except Exception as e:  # datasets raises many types; the user needs the id and the cause
-        raise ProblemError(f"could not load dataset {dataset_id!r} (split {split!r}): {str(e).splitlines()[0]}") from None
+        raise DistillError(f"could not load dataset {dataset_id!r} (split {split!r}): {str(e).splitlines()[0]}") from None
     return ds.to_list()
 
 
@@ -139,12 +137,12 @@ def _structured_answer(answer, where: str, field: str, answer_format: str) -> st
     `str()` would give Python's repr, which is no JSON: a verifier could not read it back.
     """
     if answer_format == "gsm8k":
-        raise ProblemError(f"{where}: answer_format gsm8k needs text with '####', but field {field!r} holds "
+        raise DistillError(f"{where}: answer_format gsm8k needs text with '####', but field {field!r} holds "
                            f"structured data ({type(answer).__name__}); use answer_format auto or raw")
     try:
         return json.dumps(answer, ensure_ascii=False)
     except (TypeError, ValueError) as e:
-        raise ProblemError(f"{where}: the answer in field {field!r} can't be stored as JSON ({e})") from None
+        raise DistillError(f"{where}: the answer in field {field!r} can't be stored as JSON ({e})") from None
 
 
 def load_problems(
@@ -169,15 +167,15 @@ def load_problems(
     """
     options = dict(options or {})
     if answer_format not in ("auto", "gsm8k", "raw"):
-        raise ProblemError(f"answer_format must be auto, gsm8k or raw, got {answer_format!r}")
+        raise DistillError(f"answer_format must be auto, gsm8k or raw, got {answer_format!r}")
     if dataset.startswith("builtin:"):
         name = dataset.split(":", 1)[1]
         if name not in BUILTIN_TASKS:
-            raise ProblemError(f"unknown built-in task {name!r} (known: {', '.join(sorted(BUILTIN_TASKS))})")
+            raise DistillError(f"unknown built-in task {name!r} (known: {', '.join(sorted(BUILTIN_TASKS))})")
         try:
             pairs = BUILTIN_TASKS[name](**options)
         except TypeError as e:
-            raise ProblemError(f"builtin:{name}: bad dataset_options: {e}") from None
+            raise DistillError(f"builtin:{name}: bad dataset_options: {e}") from None
         rows, source = [{question_field: q, answer_field: a} for q, a in pairs], dataset
     else:
         path = Path(dataset)
@@ -192,21 +190,21 @@ def load_problems(
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise ProblemError(f"dataset {dataset!r} has no rows")
+        raise DistillError(f"dataset {dataset!r} has no rows")
 
     problems, seen = [], set()
     for i, row in enumerate(rows):
         where = f"{dataset} row {i}"
         if not isinstance(row, dict):
-            raise ProblemError(f"{where}: expected an object with fields, got {type(row).__name__}")
+            raise DistillError(f"{where}: expected an object with fields, got {type(row).__name__}")
         for fld in (question_field, answer_field):
             if fld not in row:
-                raise ProblemError(f"{where}: no field {fld!r} (fields: {', '.join(map(str, row))})")
+                raise DistillError(f"{where}: no field {fld!r} (fields: {', '.join(map(str, row))})")
         question, answer = row[question_field], row[answer_field]
         if question is None or not str(question).strip():
-            raise ProblemError(f"{where}: empty question in field {question_field!r}")
+            raise DistillError(f"{where}: empty question in field {question_field!r}")
         if answer is None or not str(answer).strip() or isinstance(answer, (dict, list, tuple)) and not answer:
-            raise ProblemError(f"{where}: no answer in field {answer_field!r}")
+            raise DistillError(f"{where}: no answer in field {answer_field!r}")
         if isinstance(answer, (dict, list, tuple)):
             answer = _structured_answer(answer, where, answer_field, answer_format)
         else:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTILL = [sys.executable, "-m", "flows.cli"]
+DISTILL = [sys.executable, "-m", "distill.flows.cli"]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
@@ -20,7 +20,7 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 900, env: dict | None
 
 @pytest.fixture
 def make_trace():
-    from warehouse.schema import Trace, split_think
+    from distill.warehouse.schema import Trace, split_think
 
     def make(completion: str = "<think>1 plus 1 is 2.</think>\n\\boxed{2}", **kw) -> Trace:
         reasoning, answer = split_think(completion)

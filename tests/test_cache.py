@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 QUESTIONS = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 7 + 1?", "8"), ("What is 6 + 3?", "9"),
              ("What is 5 + 5?", "10")]
@@ -24,7 +24,7 @@ QUESTIONS = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 7 + 1?"
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.generate import release_teachers
+    from distill.flows.generate import release_teachers
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
@@ -39,7 +39,7 @@ def write_problems(path, pairs):
 def seeded(harness, tmp_path_factory):
     """One first run, paid for once: a folder with the recipe, its problems file (named relative to the
     recipe, so a copy of the folder is the same run) and the warehouse the run wrote."""
-    from flows.recipe import load_recipe
+    from distill.flows.recipe import load_recipe
 
     folder = tmp_path_factory.mktemp("seeded")
     write_problems(folder / "problems.jsonl", QUESTIONS[:4])
@@ -56,7 +56,7 @@ def seeded(harness, tmp_path_factory):
 @pytest.fixture
 def make(seeded, tmp_path):
     """The seeded folder copied for this test; make(**overrides) gives its recipe with its warehouse."""
-    from flows.recipe import load_recipe
+    from distill.flows.recipe import load_recipe
 
     shutil.copytree(seeded, tmp_path, dirs_exist_ok=True)
 
@@ -67,7 +67,7 @@ def make(seeded, tmp_path):
 
 
 def run(recipe, base_dir, fresh=False):
-    from flows.generate import run_generate, run_id_for
+    from distill.flows.generate import run_generate, run_id_for
 
     run_id = run_id_for(recipe, fresh)
     record = run_generate(recipe, run_id, base_dir)
@@ -202,7 +202,7 @@ def test_checkpoints_left_by_a_crash_are_recovered_without_the_teacher(harness, 
 def test_a_stored_sample_whose_file_went_away_is_looked_up_again(harness, make, tmp_path):
     """The lookup ran, then the checkpoint it named was folded into a part (another run finishing its
     shard): the shard looks again and still copies the sample instead of paying for it."""
-    from flows.generate import plan_shards, problems_for, sample_ids, shard_task
+    from distill.flows.generate import plan_shards, problems_for, sample_ids, shard_task
 
     first_id, _, _ = run(make(), tmp_path)
     recipe = make(keep_per_problem=1)  # another run (another decision), the same samples

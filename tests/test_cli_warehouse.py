@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_cli
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from verifiers import get_verifier
-from verifiers.code import extract_program, verify
+from distill.verifiers import get_verifier
+from distill.verifiers.code import extract_program, verify
 
 HE_23 = {
     "prompt": "\n\ndef strlen(string: str) -> int:\n    \"\"\" Return length of given string\n    >>> strlen('')\n"
@@ -141,7 +141,7 @@ def test_main_block_of_the_program_does_not_run():
 
 
 def test_infinite_loop_is_timeout(monkeypatch):
-    monkeypatch.setattr("verifiers.code.TIMEOUT_S", 1)
+    monkeypatch.setattr("distill.verifiers.code.TIMEOUT_S", 1)
     v = verify(answer("def find(n, m):\n    while True:\n        pass"), mbpp_ref(MBPP_502))
     assert (v.correct, v.reason) == (False, "timeout")
 

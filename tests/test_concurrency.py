@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import ROOT
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 WRITERS, PARTS, ROWS = 4, 5, 40
 TIMEOUT = 60
@@ -28,7 +28,7 @@ TIMEOUT = 60
 _PRELUDE = textwrap.dedent(f"""
     import json, os, sys, time
     sys.path.insert(0, {str(ROOT)!r})
-    from warehouse.store import Warehouse
+    from distill.warehouse.store import Warehouse
 
     def wait_for(path):
         while not os.path.exists(path):
@@ -39,7 +39,7 @@ _PRELUDE = textwrap.dedent(f"""
 """)
 
 WRITER = _PRELUDE + textwrap.dedent("""
-    from warehouse.schema import Trace, make_trace_id, sampling_json
+    from distill.warehouse.schema import Trace, make_trace_id, sampling_json
 
     root, run_id, parts, rows, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     wh = Warehouse(root)

@@ -1,8 +1,8 @@
 """The countdown / Game of 24 verifier: one test per verdict, then the forms an answer may take."""
 import pytest
 
-from verifiers import Verdict, get_verifier
-from verifiers.countdown import parse_reference, verify
+from distill.verifiers import Verdict, get_verifier
+from distill.verifiers.countdown import parse_reference, verify
 
 REF = '{"numbers": [4, 7, 8, 8], "target": 24}'
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 from tests.conftest import DISTILL, ROOT
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 ARGS = ["run", "recipes/default.yaml", "--limit", "4", "--set", "backend=transformers", "--set", "shard_size=1",
         "--set", "n=2", "--set", "parallel_shards=1", "--set", "max_tokens=16"]
@@ -91,8 +91,8 @@ def test_sigkill_mid_shard_on_vllm_loses_only_what_was_in_flight(tmp_path):
     after the first ones: the rerun takes those from the checkpoints and asks the engine only for the rest."""
     import pyarrow.parquet as pq
 
-    from flows.generate import problems_for, sample_ids
-    from flows.recipe import load_recipe
+    from distill.flows.generate import problems_for, sample_ids
+    from distill.flows.recipe import load_recipe
 
     wh_dir = tmp_path / "wh"
     args = ["run", "recipes/default.yaml", "--limit", "6", "--set", "backend=vllm", "--set", "checkpoint_seconds=0",

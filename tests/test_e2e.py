@@ -2,7 +2,7 @@
 import json
 
 from tests.conftest import run_cli
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 
 def check_warehouse(wh: Warehouse, problems: int, n: int) -> str:

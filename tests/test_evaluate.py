@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from trainers.evaluate import EvalResult, benchmark_problems, majority, mean_ci, save
-from warehouse.store import Warehouse
+from distill.trainers.evaluate import EvalResult, benchmark_problems, majority, mean_ci, save
+from distill.warehouse.store import Warehouse
 
 
 def test_majority_takes_the_most_common_answer():
@@ -29,7 +29,7 @@ def test_shipped_benchmarks_load():
     assert len(benchmark_problems("math500", limit=5)) == 5
     assert benchmark_problems("gsm8k", limit=1)[0].reference == "18"
     held_out = {p.question for p in benchmark_problems("addition")}
-    from generators.problems import load_problems
+    from distill.generators.problems import load_problems
 
     train = {p.question for p in load_problems("builtin:addition", options={"count": 48, "digits": [1, 2], "seed": 0})}
     assert len(held_out & train) < len(held_out) // 4  # mostly unseen problems

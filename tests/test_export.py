@@ -8,8 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_cli
-from warehouse.export import ExportError, export
-from warehouse.store import ReadOnlyError, Warehouse
+from distill.warehouse.export import export
+from distill.errors import DistillError
+from distill.warehouse.store import Warehouse
+from distill.errors import DistillError
 
 PROMPT = [{"role": "system", "content": "Think, then box."}, {"role": "user", "content": "What is 1 + 1?"},
           {"role": "assistant", "content": "<think>1+1=2</think>\\boxed{2}"}]
@@ -52,7 +54,7 @@ def test_round_trip_through_datasets_and_trl_collator(wh_dir, tmp_path):
     from transformers import AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from generators.models import resolve_model
+    from distill.generators.models import resolve_model
 
     export(wh_dir, tmp_path / "out", test_size=0.3)
     ds = datasets.load_dataset(str(tmp_path / "out"))
@@ -106,23 +108,23 @@ def test_journey_rows_put_a_wrong_path_before_the_correct_one(wh_dir, tmp_path):
 
 
 def test_write_in_where_is_refused_and_changes_nothing(wh_dir, tmp_path):
-    with pytest.raises(ReadOnlyError):
+    with pytest.raises(DistillError):
         export(wh_dir, tmp_path / "out", where="true; delete from traces")
     assert Warehouse(wh_dir).query("select count(*) from traces")[1] == [(24,)]
     assert not (tmp_path / "out").exists()
 
 
 def test_no_rows_and_unknown_runs_are_clear(wh_dir, tmp_path):
-    with pytest.raises(ExportError, match="no rows match"):
+    with pytest.raises(DistillError, match="no rows match"):
         export(wh_dir, tmp_path / "out", where="false")
-    with pytest.raises(ExportError, match="unknown run 'nope' \\(runs: run-a\\)"):
+    with pytest.raises(DistillError, match="unknown run 'nope' \\(runs: run-a\\)"):
         export(wh_dir, tmp_path / "out", runs=["nope"])
 
 
 def test_refuses_to_replace_a_folder_it_did_not_write(wh_dir, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
-    with pytest.raises(ExportError, match="not a distill export"):
+    with pytest.raises(DistillError, match="not a distill export"):
         export(wh_dir, tmp_path / "out")
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 

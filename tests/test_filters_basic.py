@@ -1,6 +1,7 @@
 import pytest
 
-from filters import apply_filters, make_filter
+from distill.errors import ConfigError
+from distill.filters import apply_filters, make_filter
 
 
 def test_truncated_sample_is_rejected_with_its_reason(make_trace):
@@ -38,5 +39,5 @@ def test_every_filter_scores_even_after_an_earlier_rejection(make_trace):
 
 
 def test_unknown_filter_lists_known_names():
-    with pytest.raises(KeyError, match="known: .*rejection.*truncation"):
+    with pytest.raises(ConfigError, match="known: .*rejection.*truncation"):
         make_filter("nope")

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from filters import apply_filters, make_filter
-from filters.base import merge_filter_reports
+from distill.filters import apply_filters, make_filter
+from distill.filters.base import merge_filter_reports
 
 # Three MATH-500 test rows, verbatim (openai/prm800k, MIT; see recipes/data/LICENSES.md): a long
 # problem, one shorter than 13 words, one in between.

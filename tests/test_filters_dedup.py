@@ -1,7 +1,7 @@
 import pytest
 
-from filters import apply_filters, make_filter
-from filters.base import merge_filter_reports
+from distill.filters import apply_filters, make_filter
+from distill.filters.base import merge_filter_reports
 
 A = ("First compute the area of the rectangle: the width is 4 and the height is 7, so the area is 28. "
      "Then subtract the triangle, whose base is 4 and height is 3, so its area is 6. "

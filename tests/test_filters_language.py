@@ -1,6 +1,6 @@
 import pytest
 
-from filters import apply_filters, make_filter
+from distill.filters import apply_filters, make_filter
 
 # Plain English math reasoning. lingua's word-level segmentation calls "let me" and "plus 3 is 11"
 # French here; the filter must not.
@@ -70,7 +70,7 @@ def test_unknown_language_code_is_a_clear_error():
 
 
 def test_english_fast_path_still_sends_latin_rivals_to_lingua(make_trace):
-    from filters import make_filter
+    from distill.filters import make_filter
 
     f = make_filter("language")
     english = "We add the two numbers. Then we check the sum against the question. " * 6

@@ -1,6 +1,6 @@
 import pytest
 
-from filters import apply_filters, make_filter
+from distill.filters import apply_filters, make_filter
 
 
 def test_too_short_is_rejected(make_trace):

@@ -1,5 +1,5 @@
-from filters import apply_filters, make_filter
-from filters.repetition import repeated_share
+from distill.filters import apply_filters, make_filter
+from distill.filters.repetition import repeated_share
 
 LOOP = "Wait, let me recompute: 3 times 4 is 12, and 12 plus 5 is 17, so the total is 17. "
 

@@ -1,4 +1,4 @@
-from filters import apply_filters, make_filter
+from distill.filters import apply_filters, make_filter
 
 CODE = "Let me check with code.\n```python\nprint(3 * 4 + 5)\n```\nIt prints 17."
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import DISTILL, ROOT
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 FAST = ["--set", "backend=transformers", "--set", "max_tokens=16"]
 
@@ -287,7 +287,7 @@ class ScriptedGenerator:
         self.lock = threading.Lock()
 
     def generate(self, conversations, sampling, indices=None, on_sample=None):
-        from generators.base import Sample
+        from distill.generators.base import Sample
 
         with self.lock:
             step = self.script[min(self.calls, len(self.script) - 1)]
@@ -318,14 +318,14 @@ def teacher_double():
 
 
 def recipe_for(tmp_path, **overrides):
-    from flows.recipe import load_recipe
+    from distill.flows.recipe import load_recipe
 
     return load_recipe(ROOT / "recipes" / "default.yaml",
                        {"backend": "transformers", "limit": 2, "n": 2, "warehouse": str(tmp_path / "wh"), **overrides})
 
 
 def test_a_shard_that_fails_twice_is_retried_by_prefect_and_succeeds(tmp_path, prefect_harness, teacher_double):
-    from flows.generate import run_generate, run_id_for
+    from distill.flows.generate import run_generate, run_id_for
 
     recipe = recipe_for(tmp_path)
     gen = teacher_double(recipe, [RuntimeError("flaky 1"), RuntimeError("flaky 2"), "ok"])
@@ -340,8 +340,8 @@ def test_a_shard_that_fails_twice_is_retried_by_prefect_and_succeeds(tmp_path, p
 
 
 def test_a_backend_error_is_not_retried_and_finished_shards_are_kept(tmp_path, prefect_harness, teacher_double):
-    from flows.generate import run_generate, run_id_for
-    from generators.base import BackendError
+    from distill.flows.generate import run_generate, run_id_for
+    from distill.errors import BackendError
 
     recipe = recipe_for(tmp_path, shard_size=1, parallel_shards=1)  # shard 0, then shard 1, in one thread
     gen = teacher_double(recipe, ["ok", BackendError("no such model"), "ok"])

@@ -1,8 +1,8 @@
 """The format verifier: one closed <think> block with reasoning in it, then an answer."""
 import pytest
 
-from verifiers import Verdict, get_verifier
-from verifiers.format import verify
+from distill.verifiers import Verdict, get_verifier
+from distill.verifiers.format import verify
 
 
 @pytest.mark.parametrize("completion", [

@@ -1,8 +1,9 @@
 import pytest
 
-from generators import make_generator, pick_backend
-from generators.base import BackendError, SamplingConfig, build_messages
-from generators.models import check_model_name, resolve_model
+from distill.generators import make_generator, pick_backend
+from distill.generators.base import SamplingConfig, build_messages
+from distill.errors import BackendError
+from distill.generators.models import check_model_name, resolve_model
 
 
 def test_prompt_template_keeps_latex_braces():
@@ -58,7 +59,7 @@ def test_transformers_backend_hands_over_each_batch():
 @pytest.fixture(scope="module")
 def vllm_gen():
     pytest.importorskip("vllm")
-    from generators.vllm_engine import VLLMGenerator
+    from distill.generators.vllm import VLLMGenerator
 
     gen = VLLMGenerator(resolve_model("smollm2-135m"), max_model_len=2048, gpu_memory_utilization=0.15)
     yield gen

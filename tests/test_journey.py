@@ -9,14 +9,15 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from flows.journey import JourneyError, build_journeys, recipe_of_run
-from flows.recipe import load_recipe
-from generators.base import build_messages
+from distill.flows.journey import build_journeys, recipe_of_run
+from distill.errors import DistillError
+from distill.flows.recipe import load_recipe
+from distill.generators.base import build_messages
 from tests.conftest import DISTILL, ROOT, run_cli
 from tests.test_crash import kill_when
-from warehouse.export import export
-from warehouse.journey import cut_wrong_path, eligible_wrong, teacher_messages, template_journeys
-from warehouse.store import Warehouse
+from distill.warehouse.export import export
+from distill.warehouse.journey import cut_wrong_path, eligible_wrong, teacher_messages, template_journeys
+from distill.warehouse.store import Warehouse
 
 
 def row(i, ok, reasoning, answer, extracted, problem="p0", finish="stop", kept=None):
@@ -125,7 +126,7 @@ def test_journeys_cli_errors_are_one_line(run_dir):
     assert "Traceback" not in proc.stderr
     proc = run_cli("journeys", "run-j", "--mode", "dream", "--warehouse", str(run_dir), timeout=120)
     assert proc.returncode != 0 and "template or teacher" in proc.stderr
-    with pytest.raises(JourneyError, match="no samples"):
+    with pytest.raises(DistillError, match="no samples"):
         build_journeys(recipe_of_run(run_dir, "run-j"), "run-x", "template")
 
 
@@ -165,7 +166,7 @@ class StandIn:
         self.answer, self.crash_on, self.prompts, self.generate_calls, self.per_problem = answer, crash_on, [], 0, {}
 
     def generate(self, prompts, sampling):
-        from generators.base import Sample
+        from distill.generators.base import Sample
 
         self.generate_calls += 1
         if self.generate_calls == self.crash_on:
@@ -195,7 +196,7 @@ def teacher(monkeypatch):
         state["loads"] = state.get("loads", 0) + 1
         return state["t"], threading.Lock()
 
-    monkeypatch.setattr("flows.journey.teacher_for", teacher_for)
+    monkeypatch.setattr("distill.flows.journey.teacher_for", teacher_for)
     use.state = state
     return use
 
@@ -287,7 +288,7 @@ def test_a_second_builder_of_the_same_journeys_is_refused_in_one_line(run_dir):
     folder.mkdir(parents=True)
     with open(folder / "lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        with pytest.raises(JourneyError, match="being built by another process"):
+        with pytest.raises(DistillError, match="being built by another process"):
             build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")
     assert build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")["journeys"] == 6
 

@@ -2,8 +2,8 @@
 import pytest
 
 from tests.math_cases import CASES, Case, all_cases, completion, plain_math_verify
-from verifiers import Verdict, get_verifier
-from verifiers.math import verify
+from distill.verifiers import Verdict, get_verifier
+from distill.verifiers.math import verify
 
 
 def answer(text: str) -> str:
@@ -168,7 +168,7 @@ def test_registered_under_math():
 
 def test_numeral_fast_path_agrees_with_math_verify():
     # Plain numbers skip the LaTeX parser; the verdicts must be the ones math-verify gives.
-    from verifiers import math as m
+    from distill.verifiers import math as m
 
     cases = [("<think>x</think>\\boxed{1,000}", "1000"), ("<think>x</think>\\boxed{18.0}", "18"),
              ("<think>x</think>\\boxed{-3}", "-3"), ("<think>x</think>\\boxed{17}", "18"),

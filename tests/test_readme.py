@@ -7,22 +7,22 @@ import shlex
 
 import pytest
 
-from flows.docs import section, sections
+from distill.flows.docs import section, sections
 from tests.conftest import ROOT, run_cli
-from warehouse.store import VIEWS, Warehouse
+from distill.warehouse.store import VIEWS, Warehouse
 
 README = (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["train-reference", "pipeline-reference", "cli-reference"])
 def test_generated_section_is_current(name):
-    assert section(README, name) == sections()[name], f"README's {name} is stale: run `python -m flows.docs`"
+    assert section(README, name) == sections()[name], f"README's {name} is stale: run `python -m distill.flows.docs`"
 
 
 def test_cli_reference_has_every_command_and_option():
     import typer
 
-    from flows.cli import app
+    from distill.flows.cli import app
 
     ref = section(README, "cli-reference")
     for name, cmd in typer.main.get_command(app).commands.items():
@@ -34,9 +34,9 @@ def test_cli_reference_has_every_command_and_option():
 
 def test_every_recipe_loads_with_its_loader():
     """No recipe under recipes/ has an unknown key or a bad value (a pipeline's generation and training keys too)."""
-    from flows.pipeline import load_pipeline
-    from flows.recipe import load_recipe
-    from trainers.sft import TrainConfig, load_train_config
+    from distill.flows.pipeline import load_pipeline
+    from distill.flows.recipe import load_recipe
+    from distill.trainers.sft import TrainConfig, load_train_config
 
     paths = sorted((ROOT / "recipes").glob("*.yaml"))
     for path in paths:
@@ -53,7 +53,7 @@ def test_every_recipe_loads_with_its_loader():
 
 
 def test_gpu_training_recipe_reads_numbers_as_numbers():
-    from trainers.sft import load_train_config
+    from distill.trainers.sft import load_train_config
 
     cfg = load_train_config(ROOT / "recipes" / "train-gpu.yaml")
     assert isinstance(cfg.learning_rate, float) and cfg.learning_rate == 1e-5
@@ -71,9 +71,9 @@ def test_views_table_names_every_view():
 def warehouse(tmp_path_factory):
     """Two runs of samples (right, wrong, unverifiable; some say "Wait"), template journeys of one run,
     two evaluations: every view has rows."""
-    from flows.journey import build_journeys, recipe_of_run
-    from trainers.evaluate import EvalResult, save
-    from warehouse.schema import Trace, split_think
+    from distill.flows.journey import build_journeys, recipe_of_run
+    from distill.trainers.evaluate import EvalResult, save
+    from distill.warehouse.schema import Trace, split_think
 
     root = tmp_path_factory.mktemp("readme") / "wh"
     wh = Warehouse(root)
@@ -136,7 +136,7 @@ def test_sql_example_runs_through_the_cli(warehouse):
 # -- the commands -----------------------------------------------------------------------------------
 def distill_commands() -> list[list[str]]:
     """Every `distill …` command README shows, in ```bash blocks and inline code, as argument lists
-    (`accelerate launch … -m flows.cli ARGS` counts as `distill ARGS`). A bare `distill NAME` in prose
+    (`accelerate launch … -m distill.flows.cli ARGS` counts as `distill ARGS`). A bare `distill NAME` in prose
     names a command without running it: it is kept as [NAME, None]. The CLI reference is left out:
     it is made from the commands themselves."""
     text = README.replace(section(README, "cli-reference"), "")
@@ -148,7 +148,7 @@ def distill_commands() -> list[list[str]]:
     for line, in_block in lines:
         words = shlex.split(line, comments=True)
         for i, w in enumerate(words):
-            if w in ("distill", ".venv/bin/distill") or (w == "flows.cli" and words[i - 1] == "-m"):
+            if w in ("distill", ".venv/bin/distill") or (w == "distill.flows.cli" and words[i - 1] == "-m"):
                 args = []
                 for a in words[i + 1:]:
                     if a in ("|", "&", "&&", ";", "||", "<", ">"):
@@ -193,7 +193,7 @@ def test_readme_shows_many_commands():
 def test_readme_command_exists_with_those_options(args):
     import typer
 
-    from flows.cli import app
+    from distill.flows.cli import app
 
     commands = typer.main.get_command(app).commands
     assert args[0] in commands, f"README shows `distill {args[0]}`, which is no command"

@@ -1,6 +1,7 @@
 import pytest
 
-from flows.recipe import RecipeError, load_recipe, parse_set, reference_markdown
+from distill.flows.recipe import load_recipe, parse_set, reference_markdown
+from distill.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 
 DEFAULT = ROOT / "recipes" / "default.yaml"
@@ -24,21 +25,21 @@ def test_changed_recipe_changes_the_run_fingerprint():
 def test_unknown_key_names_it(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("dataset: builtin:addition\ntemprature: 0.7\n")
-    with pytest.raises(RecipeError, match="unknown key 'temprature'"):
+    with pytest.raises(ConfigError, match="unknown key 'temprature'"):
         load_recipe(path)
 
 
 def test_unknown_key_suggests_the_closest_and_stays_short(tmp_path):
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(ConfigError) as e:
         load_recipe(DEFAULT, {"temprature": 0.7})
     assert str(e.value) == "--set: unknown key 'temprature' — did you mean 'temperature'?"
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(ConfigError) as e:
         load_recipe(DEFAULT, {"zzz": 1})
     assert len(str(e.value)) < 100 and "did you mean" not in str(e.value)
 
 
 def test_unknown_set_key_names_it():
-    with pytest.raises(RecipeError, match="--set: unknown key 'nn'"):
+    with pytest.raises(ConfigError, match="--set: unknown key 'nn'"):
         load_recipe(DEFAULT, {"nn": 3})
 
 
@@ -48,7 +49,7 @@ def test_unknown_set_key_names_it():
                                            ({"checkpoint_seconds": -1}, "checkpoint_seconds"),
                                            ({"checkpoint_seconds": "often"}, "checkpoint_seconds")])
 def test_bad_values_name_the_key(override, key):
-    with pytest.raises(RecipeError, match=f"recipe key '{key}'"):
+    with pytest.raises(ConfigError, match=f"recipe key '{key}'"):
         load_recipe(DEFAULT, override)
 
 

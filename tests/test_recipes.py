@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from flows.generate import problems_for
-from flows.recipe import load_recipe
+from distill.flows.generate import problems_for
+from distill.flows.recipe import load_recipe
 from tests.conftest import DISTILL, ROOT
-from verifiers import get_verifier
-from warehouse.store import Warehouse
+from distill.verifiers import get_verifier
+from distill.warehouse.store import Warehouse
 
 RECIPES = ROOT / "recipes"
 TASKS = {  # recipe: (verifier, problems in its slice)

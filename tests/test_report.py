@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 DUCKS = json.loads((ROOT / "recipes" / "data" / "gsm8k-test-50.jsonl").read_text().splitlines()[0])["question"]
 LONG = " ".join(f"Step {i}: {i} and {i + 7} make {2 * i + 7}, carried over as {i * 3 + 1}." for i in range(60))
@@ -66,7 +66,8 @@ class ScriptedTeacher:
         self.fail_on: set[str] = set()
 
     def generate(self, conversations, sampling, indices=None, on_sample=None):
-        from generators.base import BackendError, Sample
+        from distill.generators.base import Sample
+        from distill.errors import BackendError
 
         time.sleep(0.1)
         script = SCRIPT_A if sampling.temperature < 0.8 else SCRIPT_B
@@ -85,7 +86,7 @@ def recipe_for(tmp: Path, temperature: float, warehouse: str = "wh"):
     decontam report lists the hits of both whichever finishes last; the samples depend only on the question."""
     import yaml
 
-    from flows.recipe import load_recipe
+    from distill.flows.recipe import load_recipe
 
     (tmp / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
     (tmp / f"report-test-{warehouse}.yaml").write_text(yaml.safe_dump({
@@ -109,7 +110,7 @@ def runs(tmp_path_factory):
     import logging
 
     import flows.generate as g
-    from generators.base import BackendError
+    from distill.errors import BackendError
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.testing.utilities import prefect_test_harness
@@ -228,7 +229,7 @@ def test_a_report_that_cannot_be_written_costs_a_warning_not_the_run(runs):
 # -- the page ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def page_a(runs):
-    from warehouse.report import report_html
+    from distill.warehouse.report import report_html
 
     text = report_html(runs["wh"], runs["a"])
     return text, Page(text)
@@ -320,7 +321,7 @@ def test_sample_traces_one_kept_and_one_per_reason_escaped_and_cut(page_a, runs)
 
 
 def test_decontam_hits_missing_from_the_record_are_said(tmp_path, make_trace):
-    from warehouse.report import report_html
+    from distill.warehouse.report import report_html
 
     wh = Warehouse(tmp_path / "wh")
     wh.write_part("r", 0, [make_trace(trace_id=f"t{i}", run_id="r", sample_index=i, correct=True, kept=False,
@@ -342,7 +343,7 @@ def test_decontam_hits_missing_from_the_record_are_said(tmp_path, make_trace):
 
 
 def test_a_resumed_run_shows_tokens_per_second_of_all_its_calls(runs):
-    from warehouse.report import load, report_html, when
+    from distill.warehouse.report import load, report_html, when
 
     wh, run_id = runs["resumed_wh"], runs["resumed"]
     record = Warehouse(wh).read_run(run_id)
@@ -366,7 +367,7 @@ def test_a_resumed_run_shows_tokens_per_second_of_all_its_calls(runs):
 
 
 def test_a_resumed_run_recorded_before_calls_were_kept_withholds_its_timings(tmp_path, make_trace):
-    from warehouse.report import report_html
+    from distill.warehouse.report import report_html
 
     wh = Warehouse(tmp_path / "wh")
     wh.write_part("old", 0, [make_trace(trace_id=f"t{i}", run_id="old", sample_index=i, correct=True, kept=True)
@@ -413,7 +414,7 @@ def test_missing_warehouse_is_one_clear_line(tmp_path):
 
 
 def test_a_run_with_no_samples_yet_still_renders(tmp_path):
-    from warehouse.report import report_html
+    from distill.warehouse.report import report_html
 
     wh = Warehouse(tmp_path / "wh")
     wh.write_run({"run_id": "early", "status": "failed", "started_at": "2026-11-23T00:00:00+00:00",

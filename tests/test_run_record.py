@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
 
 EVAL = [json.loads(line)["question"] for line in (ROOT / "recipes" / "data" / "gsm8k-test-50.jsonl").read_text().splitlines()]
 # Eight problems, two per shard; four are copied from GSM8K's test set (the decontam eval set), in shards 0, 2 and 3.
@@ -33,7 +33,8 @@ class ScriptedTeacher:
         self.fail_on: set[str] = set()
 
     def generate(self, conversations, sampling, indices=None, on_sample=None):
-        from generators.base import BackendError, Sample
+        from distill.generators.base import Sample
+        from distill.errors import BackendError
 
         time.sleep(0.05)  # some generation time to record
         out = []
@@ -63,7 +64,7 @@ def teacher(tmp_path):
     import yaml
 
     import flows.generate as g
-    from flows.recipe import load_recipe
+    from distill.flows.recipe import load_recipe
 
     (tmp_path / "problems.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
                                                      for q, a in PROBLEMS))
@@ -113,7 +114,7 @@ def reports_per_record(record: dict) -> dict:
 
 
 def test_filter_reports_of_shards_in_parallel_add_up_to_what_the_traces_say(harness, teacher, monkeypatch):
-    from flows.generate import run_generate, run_id_for
+    from distill.flows.generate import run_generate, run_id_for
 
     recipe, _ = teacher
     recipe = recipe()
@@ -147,8 +148,8 @@ def test_filter_reports_of_shards_in_parallel_add_up_to_what_the_traces_say(harn
 
 
 def test_a_resumed_run_records_every_call(harness, teacher):
-    from flows.generate import run_generate, run_id_for
-    from generators.base import BackendError
+    from distill.flows.generate import run_generate, run_id_for
+    from distill.errors import BackendError
 
     recipe, gen = teacher
     recipe = recipe(parallel_shards=1)
@@ -190,7 +191,7 @@ def test_a_resumed_run_records_every_call(harness, teacher):
 
 def test_a_record_from_before_calls_were_kept_is_carried_forward(harness, teacher):
     # A run recorded by an earlier version of distill: one call's timings, one merged filter report.
-    from flows.generate import run_generate, run_id_for
+    from distill.flows.generate import run_generate, run_id_for
 
     recipe, _ = teacher
     recipe = recipe(parallel_shards=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from verifiers.sandbox import run_python, namespaces_available
+from distill.verifiers.sandbox import run_python, namespaces_available
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_ns = pytest.mark.skipif(not namespaces_available(), reason="Linux namespaces (unshare) unavailable here")

@@ -1,4 +1,4 @@
-from warehouse.schema import SCHEMA, from_table, make_trace_id, sampling_json, split_think, to_table
+from distill.warehouse.schema import SCHEMA, from_table, make_trace_id, sampling_json, split_think, to_table
 
 
 def test_split_think_closed():

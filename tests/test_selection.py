@@ -1,6 +1,6 @@
 import pytest
 
-from filters.selection import select_per_problem
+from distill.filters.selection import select_per_problem
 
 
 def group(make_trace, verdicts, pid="p", tokens=None):

@@ -5,8 +5,9 @@ from tests.conftest import run_cli
 import pyarrow.parquet as pq
 
 from tests.test_export import wh_dir  # noqa: F401  (the fixture: a small warehouse of literal traces)
-from trainers.sft import TrainConfig, TrainError, load_train_config, to_prompt_completion, train
-from warehouse.export import export
+from distill.trainers.sft import TrainConfig, load_train_config, to_prompt_completion, train
+from distill.errors import ConfigError
+from distill.warehouse.export import export
 
 
 def test_rows_become_prompt_and_completion():
@@ -52,9 +53,9 @@ def test_unknown_training_key_is_clear(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("lr: 0.1\n")
     path.with_name("empty.yaml").write_text("")
-    with pytest.raises(TrainError, match="unknown key 'lr'"):
+    with pytest.raises(ConfigError, match="unknown key 'lr'"):
         load_train_config(path)
-    with pytest.raises(TrainError, match="unknown key 'learning_rat' — did you mean 'learning_rate'\\?$"):
+    with pytest.raises(ConfigError, match="unknown key 'learning_rat' — did you mean 'learning_rate'\\?$"):
         load_train_config(path.with_name("empty.yaml"), {"learning_rat": 1})
 
 
@@ -64,7 +65,7 @@ def test_cli_missing_data_is_one_line(tmp_path):
 
 
 def test_two_export_folders_of_the_same_name_give_their_own_rows(wh_dir, tmp_path):  # noqa: F811
-    from trainers.sft import TrainConfig, load_rows
+    from distill.trainers.sft import TrainConfig, load_rows
 
     export(wh_dir, tmp_path / "a" / "data", where="problem_id = 'p0'")
     export(wh_dir, tmp_path / "b" / "data")
@@ -76,5 +77,5 @@ def test_two_export_folders_of_the_same_name_give_their_own_rows(wh_dir, tmp_pat
 def test_a_learning_rate_yaml_read_as_text_is_a_clear_error(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("learning_rate: 1e-5\n")
-    with pytest.raises(TrainError, match="write 1.0e-5: YAML reads 1e-5 as text"):
+    with pytest.raises(ConfigError, match="write 1.0e-5: YAML reads 1e-5 as text"):
         load_train_config(path)

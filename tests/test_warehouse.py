@@ -6,7 +6,8 @@ import duckdb
 import pytest
 
 from tests.conftest import ROOT
-from warehouse.store import ReadOnlyError, Warehouse
+from distill.warehouse.store import Warehouse
+from distill.errors import DistillError
 
 
 def traces_for(make_trace, run_id, n, kept_every=2):
@@ -49,8 +50,9 @@ def test_crash_before_rename_leaves_no_part(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from warehouse.schema import Trace
-        from warehouse.store import ReadOnlyError, Warehouse
+        from distill.warehouse.schema import Trace
+        from distill.warehouse.store import Warehouse
+        from distill.errors import DistillError
         t = Trace(trace_id="t", run_id="r", problem_id="p", sample_index=0, source="s", domain="math",
                   prompt=[], reference="1", teacher="m", backend="b", sampling="{{}}", completion="c",
                   reasoning="", answer="c", finish_reason="stop")
@@ -72,7 +74,7 @@ def test_catalog_is_opened_read_only_for_queries(tmp_path, make_trace):
     wh.refresh()
     for stmt in ("create table x as select 1", "delete from traces", "drop view traces",
                  "attach 'other.db'", "select 1; delete from traces"):
-        with pytest.raises(ReadOnlyError, match="read-only here: .* statements are not allowed"):
+        with pytest.raises(DistillError, match="read-only here: .* statements are not allowed"):
             wh.query(stmt)
     # and underneath the check, the connection itself cannot write
     with pytest.raises(duckdb.Error):
@@ -89,13 +91,13 @@ def test_parts_written_after_a_refresh_are_in_the_view(tmp_path, make_trace):
 
 
 def test_query_without_a_warehouse_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no warehouse at .*distill run RECIPE"):
+    with pytest.raises(DistillError, match="no warehouse at .*distill run RECIPE"):
         Warehouse(tmp_path / "none").query("select 1")
 
 
 def test_filter_funnel_counts_in_dropped_kept_per_step(tmp_path, make_trace):
-    from filters import apply_filters, make_filter
-    from filters.selection import select_per_problem
+    from distill.filters import apply_filters, make_filter
+    from distill.filters.selection import select_per_problem
 
     ts = [make_trace(trace_id=str(i), run_id="r", sample_index=i, finish_reason=f, correct=c)
           for i, (f, c) in enumerate([("stop", True), ("length", True), ("stop", False), ("stop", None), ("stop", True)])]
@@ -122,7 +124,7 @@ def test_parts_from_an_older_schema_stay_readable(tmp_path, make_trace):
     # A part written before a column existed (here: without rejected_stage) reads as NULL there.
     import pyarrow.parquet as pq
 
-    from warehouse.schema import to_table
+    from distill.warehouse.schema import to_table
 
     wh = Warehouse(tmp_path)
     old = to_table(traces_for(make_trace, "old", 2)).drop_columns(["rejected_stage"])
@@ -140,7 +142,7 @@ def test_a_warehouse_made_before_a_column_was_added_opens(tmp_path, make_trace):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from warehouse.schema import SCHEMA, to_table
+    from distill.warehouse.schema import SCHEMA, to_table
 
     wh = Warehouse(tmp_path)
     old_schema = SCHEMA.remove(SCHEMA.get_field_index("rejected_stage"))

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from generators import make_generator, pick_backend
-from generators.base import SamplingConfig, build_messages
-from generators.models import resolve_model
-from generators.problems import Problem, load_problems
-from verifiers import Verdict, verify_batch
+from distill.generators import make_generator, pick_backend
+from distill.generators.base import SamplingConfig, build_messages
+from distill.generators.models import resolve_model
+from distill.generators.problems import Problem, load_problems
+from distill.verifiers import Verdict, verify_batch
 
 EVAL_BATCH = 32  # problems per generate call
 

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from distill.errors import ConfigError
 
-
-class TrainError(ValueError):
-    """A training recipe that cannot run: unknown key, missing data, bad value."""
 
 
 @dataclass
@@ -48,30 +46,30 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.variant not in ("shortcut", "journey", "mixed"):
-            raise TrainError(f"training key 'variant': expected shortcut, journey or mixed, got {self.variant!r}")
+            raise ConfigError(f"training key 'variant': expected shortcut, journey or mixed, got {self.variant!r}")
         for key in ("learning_rate", "num_train_epochs", "warmup_steps"):
             # YAML reads 1e-5 (no dot) as a string: say so here, not deep inside the trainer
             if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, float)):
-                raise TrainError(f"training key {key!r}: expected a number, got {getattr(self, key)!r}"
+                raise ConfigError(f"training key {key!r}: expected a number, got {getattr(self, key)!r}"
                                  + (" (write 1.0e-5: YAML reads 1e-5 as text)" if isinstance(getattr(self, key), str)
                                     else ""))
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",
                     "save_steps", "lora_r"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise TrainError(f"training key {key!r}: expected a whole number >= 1, got {getattr(self, key)!r}")
+                raise ConfigError(f"training key {key!r}: expected a whole number >= 1, got {getattr(self, key)!r}")
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     path = Path(path)
     if not path.exists():
-        raise TrainError(f"training recipe not found: {path}")
+        raise ConfigError(f"training recipe not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for source, keys in ((str(path), data), ("--set", overrides or {})):
         unknown = sorted(set(keys) - known)
         if unknown:
             close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)  # as flows.recipe.unknown_key
-            raise TrainError(f"{source}: unknown key {unknown[0]!r} — "
+            raise ConfigError(f"{source}: unknown key {unknown[0]!r} — "
                              + (f"did you mean {close[0]!r}?" if close else "every training key is listed in README.md"))
     data.update(overrides or {})
     cfg = TrainConfig(**data)
@@ -91,15 +89,15 @@ def load_rows(cfg: TrainConfig):
 
     folder = Path(cfg.data)
     if cfg.data == "warehouse":
-        from warehouse.export import export
+        from distill.warehouse.export import export
 
         folder = Path(tempfile.mkdtemp(prefix="distill-train-")) / "data"
         export(cfg.warehouse, folder, runs=cfg.runs or None, where=cfg.where, variant=cfg.variant)
     elif not folder.is_dir():
-        raise TrainError(f"training data not found: {folder} (an export folder, or data: warehouse)")
+        raise ConfigError(f"training data not found: {folder} (an export folder, or data: warehouse)")
     files = sorted((folder / "data").glob("train-*.parquet"))
     if not files:
-        raise TrainError(f"{folder}: no data/train-*.parquet (made by distill export)")
+        raise ConfigError(f"{folder}: no data/train-*.parquet (made by distill export)")
     # Read the files themselves: datasets' cache for a local folder is keyed so that another export
     # folder of the same name can be served from it (seen: 8 stale rows instead of 309).
     import pyarrow as pa
@@ -107,7 +105,7 @@ def load_rows(cfg: TrainConfig):
 
     ds = datasets.Dataset(pa.concat_tables([pq.read_table(f) for f in files]))
     if "messages" not in ds.column_names:
-        raise TrainError(f"{folder}: expected a `messages` column (made by distill export)")
+        raise ConfigError(f"{folder}: expected a `messages` column (made by distill export)")
     return ds.map(to_prompt_completion, remove_columns=ds.column_names)
 
 
@@ -116,7 +114,7 @@ def train(cfg: TrainConfig) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from generators.models import resolve_model
+    from distill.generators.models import resolve_model
 
     import torch
 

@@ -15,6 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 
+from distill.errors import ConfigError
+
 
 @dataclass(slots=True, frozen=True)
 class Verdict:
@@ -65,16 +67,16 @@ def structured(reference: str):
 
 # name -> "module:function"; imported lazily so a verifier's heavy imports cost only its users.
 VERIFIERS = {
-    "math": "verifiers.math:verify",
-    "code": "verifiers.code:verify",
-    "countdown": "verifiers.countdown:verify",
-    "format": "verifiers.format:verify",
+    "math": "distill.verifiers.math:verify",
+    "code": "distill.verifiers.code:verify",
+    "countdown": "distill.verifiers.countdown:verify",
+    "format": "distill.verifiers.format:verify",
 }
 
 
 def get_verifier(name: str):
     if name not in VERIFIERS:
-        raise KeyError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
+        raise ConfigError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
     module, func = VERIFIERS[name].split(":")
     return getattr(importlib.import_module(module), func)
 

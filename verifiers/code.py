@@ -23,9 +23,9 @@ import re
 import secrets
 import textwrap
 
-from verifiers import Verdict, structured
-from verifiers.sandbox import run_python
-from warehouse.schema import THINK_CLOSE, split_think
+from distill.verifiers import Verdict, structured
+from distill.verifiers.sandbox import run_python
+from distill.warehouse.schema import THINK_CLOSE, split_think
 
 TIMEOUT_S = 10        # a correct HumanEval/MBPP solution takes well under a second
 MEMORY_MB = 512

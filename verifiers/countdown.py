@@ -20,8 +20,8 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from verifiers import Verdict, boxes, structured
-from warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
+from distill.verifiers import Verdict, boxes, structured
+from distill.warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
 
 MAX_EXPRESSION_CHARS = 500  # a real answer is a few dozen characters; this bounds parse work
 

@@ -8,8 +8,8 @@ reasoning block fails too: a trace without reasoning teaches a student nothing a
 """
 from __future__ import annotations
 
-from verifiers import Verdict
-from warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
+from distill.verifiers import Verdict
+from distill.warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
 
 
 def verify(completion: str, reference: str | None = None) -> Verdict:

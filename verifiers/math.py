@@ -40,8 +40,8 @@ from math_verify.utils import timeout
 from sympy import Basic, Eq, Float, Interval, Mul, Rational, Tuple, UnevaluatedExpr
 from sympy.sets.sets import FiniteSet as SympyFiniteSet
 
-from verifiers import Verdict, boxes as find_boxes, structured
-from warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
+from distill.verifiers import Verdict, boxes as find_boxes, structured
+from distill.warehouse.schema import THINK_CLOSE, THINK_OPEN, split_think
 
 _PRED_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 _GOLD_CONFIG = [LatexExtractionConfig(), ExprExtractionConfig()]

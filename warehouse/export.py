@@ -18,9 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.journey import template_journeys
-from warehouse.schema import MESSAGE
-from warehouse.store import Warehouse, check_read_only
+from distill.warehouse.journey import template_journeys
+from distill.warehouse.schema import MESSAGE
+from distill.warehouse.store import Warehouse, check_read_only
+from distill.errors import DistillError
 
 VARIANTS = ("shortcut", "journey", "mixed")  # mixed: the shortcut rows and the journey rows
 MARKER = "<!-- made by distill export -->"
@@ -50,9 +51,6 @@ VARIANT_TEXT = {
 }
 
 
-class ExportError(ValueError):
-    """An export that cannot be made as asked: no rows, unknown run, bad predicate, output in the way."""
-
 
 @dataclass
 class ExportResult:
@@ -69,7 +67,7 @@ def question_of(prompt: list[dict]) -> str:
     """The problem as the student sees it: the last user turn (no system prompt, no few-shot turns)."""
     users = [m["content"] for m in prompt if m["role"] == "user"]
     if not users:
-        raise ExportError("a trace has no user message in its prompt")
+        raise DistillError("a trace has no user message in its prompt")
     return users[-1]
 
 
@@ -85,7 +83,7 @@ def _select(wh: Warehouse, runs: list[str] | None, where: str | None, kept_only:
     if runs:
         missing = sorted(set(runs) - known)
         if missing:
-            raise ExportError(f"unknown run {missing[0]!r} (runs: {', '.join(sorted(known)) or 'none'})")
+            raise DistillError(f"unknown run {missing[0]!r} (runs: {', '.join(sorted(known)) or 'none'})")
     conds = ["kind = 'sample'"] + (["kept"] if kept_only else [])
     params: list = []
     if runs:
@@ -99,7 +97,7 @@ def _select(wh: Warehouse, runs: list[str] | None, where: str | None, kept_only:
     try:
         cols, rows = wh.query(sql, params)
     except duckdb.Error as e:
-        raise ExportError(f"--where {where!r}: {str(e).splitlines()[0]}") from None
+        raise DistillError(f"--where {where!r}: {str(e).splitlines()[0]}") from None
     return [dict(zip(cols, r)) for r in rows]
 
 
@@ -145,15 +143,15 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
            variant: str = "shortcut", test_size: float = 0.0, seed: int = 0, max_wrong: int = 1,
            command: str | None = None, overwrite: bool = False) -> ExportResult:
     if variant not in VARIANTS:
-        raise ExportError(f"--variant must be shortcut, journey or mixed, got {variant!r}")
+        raise DistillError(f"--variant must be shortcut, journey or mixed, got {variant!r}")
     if not 0 <= test_size < 1:
-        raise ExportError(f"--test-size must be in [0, 1), got {test_size}")
+        raise DistillError(f"--test-size must be in [0, 1), got {test_size}")
     wh = Warehouse(root)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         # An earlier export is a dataset too (its test split may be the only copy): replacing it is asked for.
         what = "holds an earlier distill export" if is_export(out) else "exists and is not a distill export"
-        raise ExportError(f"{out} {what}: choose another --out or pass --overwrite to replace it")
+        raise DistillError(f"{out} {what}: choose another --out or pass --overwrite to replace it")
     if where:
         con = wh.connect()
         try:
@@ -166,7 +164,7 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         rows = sorted(rows + journey_rows(wh, selected, runs, where, max_wrong), key=lambda r: r["trace_id"])
     if not rows:
         hint = "" if variant == "shortcut" else " (journey rows need problems with both a wrong and a kept sample)"
-        raise ExportError(f"no rows match: runs={runs or 'all'}, where={where!r}, variant={variant}{hint}")
+        raise DistillError(f"no rows match: runs={runs or 'all'}, where={where!r}, variant={variant}{hint}")
 
     splits: dict[str, list[dict]] = {}
     for r in rows:

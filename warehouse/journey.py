@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from warehouse.schema import Trace, sampling_json
+from distill.warehouse.schema import Trace, sampling_json
 
 REFLECTIONS = {
     "mismatch": "That gives {extracted}, but checking it again, {extracted} is not right.",

@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from warehouse.store import Warehouse
+from distill.warehouse.store import Warehouse
+from distill.errors import DistillError
 
-
-class ReportError(ValueError):
-    """A report that cannot be made: an unknown run id."""
 
 
 KEPT, REJECTED, GREY = "#2b7bba", "#d1495b", "#9a9a9a"
@@ -54,7 +52,7 @@ class RunData:
 
 # -- reading --------------------------------------------------------------------------------------
 def load(root: str | os.PathLike, run_id: str) -> RunData:
-    """Query everything the page shows about `run_id`; ReportError if the warehouse has no such run."""
+    """Query everything the page shows about `run_id`; DistillError if the warehouse has no such run."""
     wh = Warehouse(root)
     con = wh.connect(read_only=True)  # FileNotFoundError with the how-to when there is no warehouse
     try:
@@ -72,7 +70,7 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
         if not q("SELECT 1 FROM traces WHERE run_id = ? LIMIT 1"):
             known = {p.stem for p in (wh.root / "runs").glob("*.json")}
             known |= {r for (r,) in con.execute("SELECT DISTINCT run_id FROM traces").fetchall() if r}
-            raise ReportError(f"no run {run_id!r} in {wh.root} (runs: {', '.join(sorted(known)) or 'none'})")
+            raise DistillError(f"no run {run_id!r} in {wh.root} (runs: {', '.join(sorted(known)) or 'none'})")
         record = {}
 
     s = "FROM traces WHERE run_id = ? AND kind = 'sample'"
@@ -209,7 +207,7 @@ def filter_param(specs: dict, name: str, key: str):
         return specs[name][key]
     import inspect
 
-    import filters
+    from distill import filters
 
     cls = filters.FILTERS.get(name)
     if cls is None:

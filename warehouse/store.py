@@ -28,7 +28,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.schema import SCHEMA, Trace, from_table, to_table
+from distill.warehouse.schema import SCHEMA, Trace, from_table, to_table
+from distill.errors import DistillError
 
 # Queries the catalog answers. `funnel` counts one run's way from problems to kept samples.
 VIEWS = {
@@ -313,7 +314,7 @@ class Warehouse:
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         if not self.catalog_path.exists():
-            raise FileNotFoundError(
+            raise DistillError(
                 f"no warehouse at {self.root} (no catalog.duckdb): run `distill run RECIPE` first, "
                 "or pass --warehouse"
             )
@@ -330,9 +331,6 @@ class Warehouse:
             con.close()
 
 
-class ReadOnlyError(ValueError):
-    """A statement that would change something, given to a read-only query."""
-
 
 # Queries only. The catalog is opened read-only as well; this check gives the clear message
 # (DuckDB's own would be "Can only delete from base table") and also stops ATTACH/INSTALL/COPY.
@@ -343,7 +341,7 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     for stmt in con.extract_statements(sql):
         kind = stmt.type.name
         if kind not in READ_ONLY_STATEMENTS:
-            raise ReadOnlyError(f"the warehouse is read-only here: {kind} statements are not allowed "
+            raise DistillError(f"the warehouse is read-only here: {kind} statements are not allowed "
                                 "(only SELECT queries; use --out to save a result)")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from generators.base import BackendError, OnSample, Sample, SamplingConfig
+from distill.generators.base import OnSample, Sample, SamplingConfig
+from distill.errors import BackendError
 
 
 class TransformersGenerator:

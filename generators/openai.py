@@ -45,7 +45,8 @@ import queue
 import threading
 from datetime import datetime, timezone
 
-from generators.base import BackendError, OnSample, Sample, SamplingConfig
+from distill.generators.base import OnSample, Sample, SamplingConfig
+from distill.errors import BackendError
 
 log = logging.getLogger("distill.openai")
 
@@ -135,7 +136,7 @@ class OpenAIGenerator:
     # -- prompts -------------------------------------------------------------------------------
 
     def _load_tokenizer(self, name: str):
-        from generators.models import resolve_model
+        from distill.generators.models import resolve_model
 
         try:
             path = resolve_model(name)

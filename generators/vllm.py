@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import time
 
-from generators.base import BackendError, OnSample, Sample, SamplingConfig
+from distill.generators.base import OnSample, Sample, SamplingConfig
+from distill.errors import BackendError
 
 
 def _on_cpu() -> bool:
