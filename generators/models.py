@@ -9,10 +9,10 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 from distill.errors import BackendError
+from distill.files import replacing
 
 # alias -> (package holding the file, file name inside it)
 ALIASES = {
@@ -74,16 +74,13 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # save_pretrained refuses a GGUF-loaded model while it still carries its quantizer.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.to(torch.bfloat16).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     # Renamed last: a folder with config.json at the target is always complete.
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with replacing(target) as tmp:
+        model.to(torch.bfloat16).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -6,7 +6,6 @@ server and worker processes too, as a preempted machine would) on the embedded m
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from tests.conftest import DISTILL, ROOT

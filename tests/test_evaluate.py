@@ -72,8 +72,8 @@ def test_a_crash_while_saving_an_eval_leaves_the_evals_view_working(tmp_path, mo
     save(_result("eval-a"), tmp_path)
     # a save that dies mid-write (disk full, kill): what it leaves must stay out of the view
     real = json.dumps
-    monkeypatch.setattr("trainers.evaluate.json.dumps", lambda *a, **k: real(*a, **k)[:20])
-    monkeypatch.setattr("trainers.evaluate.os.replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr("distill.trainers.evaluate.json.dumps", lambda *a, **k: real(*a, **k)[:20])
+    monkeypatch.setattr("distill.files.os.replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError, match="killed"):
         save(_result("eval-b"), tmp_path)
     monkeypatch.undo()
@@ -90,8 +90,8 @@ def test_a_crash_while_saving_an_eval_leaves_the_evals_view_working(tmp_path, mo
 def test_eval_temp_files_are_unique_per_writer(tmp_path, monkeypatch):
     names = []
     real = os.replace
-    monkeypatch.setattr("trainers.evaluate.os.replace", lambda a, b: (names.append(Path(a).name), real(a, b)))
+    monkeypatch.setattr("distill.files.os.replace", lambda a, b: (names.append(Path(a).name), real(a, b)))
     save(_result("eval-a"), tmp_path)
     save(_result("eval-a"), tmp_path)
-    assert len(set(names)) == 2 and all(n.startswith(".tmp-eval-a-") and not n.endswith(".json") for n in names)
+    assert len(set(names)) == 2 and all(n.startswith(".tmp-eval-a.json-") and n.endswith(".partial") and not n.endswith(".json") for n in names)
     assert json.loads((tmp_path / "evals" / "eval-a.json").read_text())["eval_id"] == "eval-a"

@@ -11,7 +11,6 @@ from tests.conftest import run_cli
 from distill.warehouse.export import export
 from distill.errors import DistillError
 from distill.warehouse.store import Warehouse
-from distill.errors import DistillError
 
 PROMPT = [{"role": "system", "content": "Think, then box."}, {"role": "user", "content": "What is 1 + 1?"},
           {"role": "assistant", "content": "<think>1+1=2</think>\\boxed{2}"}]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from distill.generators.base import SamplingConfig, build_messages
 from distill.generators.models import resolve_model
 from distill.generators.problems import Problem, load_problems
 from distill.verifiers import Verdict, verify_batch
+from distill.files import remove_leftovers, write_text
 
 EVAL_BATCH = 32  # problems per generate call
 
@@ -154,26 +153,13 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
 def save(result: EvalResult, root: str | Path) -> Path:
     """Write `<root>/evals/<eval_id>.json` all or nothing.
 
-    The temporary file is named `.tmp-<eval_id>-<random>.partial`: unique per writer (two saves of the
-    same eval never share it), and never matched by the `evals` view's `evals/*.json`, so a crash
-    mid-write leaves a file no reader sees instead of a half JSON that breaks the view.
+    The temporary file (distill.files) ends in `.partial`, never matched by the `evals` view's
+    `evals/*.json`, so a crash mid-write leaves a file no reader sees instead of a half JSON that
+    breaks the view.
     """
     folder = Path(root) / "evals"
-    path = folder / f"{result.eval_id}.json"
-    folder.mkdir(parents=True, exist_ok=True)
-    # Before this naming, the temporary file was `.tmp-<eval_id>.json`: one left by a crash breaks the
+    # An older writer named its temporary file `.tmp-<eval_id>.json`: one left by a crash breaks the
     # view. No writer makes such names now, so one found here is a leftover.
-    for stale in folder.glob(".tmp-*.json"):
-        stale.unlink(missing_ok=True)
+    remove_leftovers(folder, ".tmp-*.json")
     record = {**result.__dict__, "created_at": datetime.now(timezone.utc).isoformat(), "timestamp": time.time()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{result.eval_id}-", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=1, default=list))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(folder / f"{result.eval_id}.json", json.dumps(record, indent=1, default=list))

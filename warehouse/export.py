@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from distill.warehouse.journey import template_journeys
 from distill.warehouse.schema import MESSAGE
 from distill.warehouse.store import Warehouse, check_read_only
 from distill.errors import DistillError
+from distill.files import replacing
 
 VARIANTS = ("shortcut", "journey", "mixed")  # mixed: the shortcut rows and the journey rows
 MARKER = "<!-- made by distill export -->"
@@ -171,19 +170,15 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         splits.setdefault(split_of(r["problem_id"], test_size, seed), []).append(r)
 
     # Write next to the target and swap it in: an export that fails halfway leaves the old one.
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "data").mkdir(parents=True)
-    for name, part in sorted(splits.items()):
-        pq.write_table(pa.Table.from_pylist(part, schema=ROW_SCHEMA), tmp / "data" / f"{name}-00000-of-00001.parquet",
-                       compression="zstd")
     used_runs = sorted({r["run_id"] for r in selected})
     card = dataset_card(wh, used_runs, {k: len(v) for k, v in splits.items()}, variant=variant, where=where,
                         test_size=test_size, seed=seed, max_wrong=max_wrong, command=command)
-    (tmp / "README.md").write_text(card)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        (tmp / "data").mkdir(parents=True)
+        for name, part in sorted(splits.items()):
+            pq.write_table(pa.Table.from_pylist(part, schema=ROW_SCHEMA),
+                           tmp / "data" / f"{name}-00000-of-00001.parquet", compression="zstd")
+        (tmp / "README.md").write_text(card)
     return ExportResult(out, {k: len(v) for k, v in sorted(splits.items())}, card)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from distill.warehouse.store import Warehouse
 from distill.errors import DistillError
+from distill.files import write_text
 
 
 
@@ -802,12 +803,7 @@ def default_path(root: str | os.PathLike, run_id: str) -> Path:
 
 def _write(path: Path, text: str) -> Path:
     # temporary name, then rename: a reader (a browser, the Prefect UI's link) never sees half a page
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)
 
 
 def write_report(root: str | os.PathLike, run_id: str, out: str | os.PathLike | None = None) -> Path:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from distill.warehouse.schema import SCHEMA, Trace, from_table, to_table
 from distill.errors import DistillError
+from distill.files import replacing, write_text
 
 # Queries the catalog answers. `funnel` counts one run's way from problems to kept samples.
 VIEWS = {
@@ -220,7 +221,7 @@ class Warehouse:
         return json.loads(path.read_text())["shards"] if path.exists() else None
 
     def write_plan(self, run_id: str, shards: list[list[str]]) -> Path:
-        return _write_text_atomic(self.plan_path(run_id), json.dumps({"run_id": run_id, "shards": shards}))
+        return write_text(self.plan_path(run_id), json.dumps({"run_id": run_id, "shards": shards}))
 
     def journey_path(self, run_id: str, mode: str) -> Path:
         return self.root / "traces" / f"run_id={run_id}" / f"journey-{mode}.parquet"
@@ -233,7 +234,7 @@ class Warehouse:
 
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, run: dict) -> Path:
-        return _write_text_atomic(self.root / "runs" / f"{run['run_id']}.json",
+        return write_text(self.root / "runs" / f"{run['run_id']}.json",
                                   json.dumps(run, indent=2, sort_keys=True, default=str))
 
     def read_run(self, run_id: str) -> dict | None:
@@ -346,25 +347,9 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 
 def write_atomic(path: Path, table: pa.Table) -> Path:
-    """Write under a temporary name in the same folder, fsync, rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
-    pq.write_table(table, tmp, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    """A text file written whole or not at all. The temporary name ends in neither `.json` nor `.parquet`,
-    so no glob of the warehouse's readers ever matches a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(text, encoding="utf-8")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A Parquet file of the warehouse's layout (zstd, dictionary columns), written whole or not at all."""
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
     return path
 
 
