@@ -8,3 +8,13 @@ In the source tree each subpackage is a top-level folder (flows/, generators/, â
 maps them under this one name, so nothing else lands in site-packages.
 """
 __version__ = "0.1.0"
+
+# In a source checkout (pyproject.toml and the stage folders beside this folder), the subpackages are
+# those folders, so code run from a checkout (its tests, a second worktree) is that checkout's code
+# whichever checkout the editable install points at. An installed wheel has them inside this folder.
+import pathlib as _pathlib
+
+_tree = _pathlib.Path(__file__).resolve().parent.parent
+if (_tree / "pyproject.toml").is_file() and (_tree / "flows" / "__init__.py").is_file():
+    __path__.append(str(_tree))
+del _pathlib, _tree
