@@ -56,8 +56,8 @@ def log(msg: str) -> None:
 
 def prompts_of_default_recipe(count: int) -> list[list[dict]]:
     recipe = load_recipe(os.path.join(ROOT, "recipes", "default.yaml"))
-    problems = load_problems(recipe.dataset, options=recipe.dataset_options, limit=count)
-    return [build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+    problems = load_problems(recipe.problems.dataset, options=recipe.problems.dataset_options, limit=count)
+    return [build_messages(p.question, recipe.prompt.system_prompt, recipe.prompt.few_shot, recipe.prompt.prompt_template)
             for p in problems]
 
 

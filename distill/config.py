@@ -55,23 +55,30 @@ class Config(BaseModel):
         return type(self).build({**self.to_dict(), **changes})
 
 
+TYPES = {"int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+         "float_type": "a number", "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+         "dict_type": "a mapping", "literal_error": "one of the listed values"}
+
+
 def explain(cls: type[Config], error: ValidationError) -> str:
     """The first problem of a ValidationError in distill's words."""
     first = error.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    name = loc[-1] if loc else "?"
-    owner = cls
-    for part in loc[:-1]:  # a nested section's field
-        field = owner.model_fields.get(part) if isinstance(owner, type) and issubclass(owner, BaseModel) else None
-        owner = field.annotation if field is not None else None
-    field = owner.model_fields.get(name) if isinstance(owner, type) and issubclass(owner, BaseModel) else None
+    # loc walks through sections to a field, then maybe into a union's branch ("int", "float"): the key is
+    # the last part that names a field
+    name, field, owner = (str(first["loc"][-1]) if first["loc"] else "?"), None, cls
+    for part in map(str, first["loc"]):
+        fields = owner.model_fields if isinstance(owner, type) and issubclass(owner, BaseModel) else {}
+        if part not in fields:
+            break
+        name, field, owner = part, fields[part], fields[part].annotation
     if first["type"] == "extra_forbidden":
-        return unknown_key(cls.what, name, cls.keys(), cls.what)
+        return unknown_key(cls.what, first["loc"][-1], cls.keys(), cls.what)
     if first["type"] == "value_error":  # a validator's own words: "expected ..." follows
         expected = str(first.get("ctx", {}).get("error", first["msg"]))
     else:
         extra = (field.json_schema_extra or {}) if field is not None else {}
-        expected = extra.get("expected") or first["msg"].lower()
+        branch = str(first["loc"][-1]) in ("int", "float")  # one branch of `int | float` refused it
+        expected = extra.get("expected") or ("a number" if branch else TYPES.get(first["type"], first["msg"].lower()))
     value = first.get("input")
     return f"{cls.what} key {name!r}: expected {expected}, got {value!r}"
 

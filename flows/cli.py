@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -38,7 +37,8 @@ def fail(message: str) -> None:
 
 def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[Path]):
     """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
-    from distill.flows.recipe import load_recipe, parse_set
+    from distill.config import parse_set
+    from distill.flows.recipe import load_recipe
     from distill.generators.models import check_model_name
 
     overrides = parse_set(set_)
@@ -47,17 +47,15 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
     if warehouse is not None:
         overrides["warehouse"] = str(warehouse)
     rcp = load_recipe(recipe, overrides)
-    from distill.flows.generate import backend_for
-
-    backend = backend_for(rcp)
+    backend = rcp.backend_name()
     if backend == "openai":
-        if not rcp.api_base:
+        if not rcp.serving.api_base:
             raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
     else:
-        check_model_name(rcp.model)
+        check_model_name(rcp.teacher.model)
     from distill.verifiers import get_verifier
 
-    get_verifier(rcp.verifier)
+    get_verifier(rcp.selection.verifier)
     from distill.flows.generate import build_filters, problems_for, task_runner_for
 
     build_filters(rcp, recipe.parent)
@@ -82,18 +80,18 @@ def run(
     from distill.flows.generate import run_generate, run_id_for
 
     run_id = run_id_for(rcp, fresh)
-    header = (f"run {run_id}: {len(problems)} problems × {rcp.n} samples, teacher {rcp.model} ({backend}), "
-              f"warehouse {rcp.warehouse}")
+    header = (f"run {run_id}: {len(problems)} problems × {rcp.sampling.n} samples, teacher {rcp.teacher.model} ({backend}), "
+              f"warehouse {rcp.execution.warehouse}")
     command = shlex.join(["distill", *sys.argv[1:]])
     if verbose:
         err.print(header, highlight=False)
     else:  # the terminal shows the progress bar (named by the run id), the funnel and errors; the rest is logged
         from distill.flows.logs import to_log_file
 
-        to_log_file(Path(rcp.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
+        to_log_file(Path(rcp.execution.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
         print(header, file=sys.stderr, flush=True)  # fd 2 is the run's log file now
     result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
-    print_funnel(rcp.warehouse, run_id, result)
+    print_funnel(rcp.execution.warehouse, run_id, result)
     if result.get("failed_samples"):
         first = result["failures"][0]
         raise PartialRunError(f"{result['failed_samples']} samples failed (first: problem {first['problem_id']} "
@@ -128,7 +126,7 @@ def serve(
     run_id = run_id_for(rcp)
     deployment = name or rcp.name
     err.print(f"serving [bold]generate/{deployment}[/] on {cron!r}: run {run_id}, {len(problems)} problems now, "
-              f"teacher {rcp.model} ({backend})", highlight=False)
+              f"teacher {rcp.teacher.model} ({backend})", highlight=False)
     command = shlex.join(["distill", *sys.argv[1:]])
     generate.with_options(task_runner=task_runner_for(rcp)).serve(
         name=deployment, cron=cron,
@@ -347,7 +345,7 @@ def journeys(
         from distill.flows.recipe import load_recipe
 
         other = load_recipe(journey_recipe)
-        rcp = dataclasses.replace(rcp, **{k: getattr(other, k) for k in rcp.to_dict() if k.startswith("journey_")})
+        rcp = rcp.replace(**{k: v for k, v in other.journeys.model_dump().items() if k != "journey"})
     stats = build_journeys(rcp, run_id, mode, max_wrong=max_wrong, per_problem=per_problem, batch=batch)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected"].items())) or "none"
     out.print(f"{mode} journeys for {run_id}: {stats['built']} built, {stats['reused']} already stored "
@@ -364,7 +362,7 @@ def pipeline(
 ):
     """Generate → journeys → export → train students → evaluate base vs students on held-out problems."""
     from distill.flows.pipeline import run_pipeline
-    from distill.flows.recipe import parse_set
+    from distill.config import parse_set
 
     summary = run_pipeline(recipe, parse_set(set_))
     from distill.flows.pipeline import results_markdown
@@ -378,7 +376,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a training key: --set max_steps=20 (repeatable)."),
 ):
     """Fine-tune a student on distilled traces (TRL SFT; full or LoRA; loss on the assistant's tokens)."""
-    from distill.flows.recipe import parse_set
+    from distill.config import parse_set
     from distill.trainers.sft import load_train_config, train as do_train
 
     cfg = load_train_config(recipe, parse_set(set_))
@@ -420,9 +418,9 @@ def eval_(
     rcp = load_recipe(recipe) if recipe else None
     problems = benchmark_problems(benchmark, limit, question_field=question_field, answer_field=answer_field)
     result = evaluate(model, benchmark, problems, n=n, k=k, backend=backend, max_tokens=max_tokens,
-                      temperature=temperature, system_prompt=rcp.system_prompt if rcp else None,
-                      few_shot=rcp.few_shot if rcp else None,
-                      prompt_template=rcp.prompt_template if rcp else "{question}")
+                      temperature=temperature, system_prompt=rcp.prompt.system_prompt if rcp else None,
+                      few_shot=rcp.prompt.few_shot if rcp else None,
+                      prompt_template=rcp.prompt.prompt_template if rcp else "{question}")
     path = save(result, warehouse)
     Warehouse(warehouse).refresh()
     table = Table(title=f"{model} on {benchmark} ({result.problems} problems, n={result.n})", show_header=True)
@@ -470,7 +468,7 @@ def score(
     import json
 
     from distill import filters
-    from distill.flows.recipe import parse_set
+    from distill.config import parse_set
     from distill.warehouse.schema import Trace
 
     f = filters.make_filter(filter_name, **parse_set(set_))

@@ -3,7 +3,7 @@
     python -m distill.flows.docs        # rewrite every generated section of README.md
 
 Each section stands between `<!-- NAME:start -->` and `<!-- NAME:end -->` lines:
-- recipe-reference: the generation recipe's keys (flows/recipe.py, Recipe);
+- recipe-reference: the generation recipe's keys by section (flows/recipe.py, Recipe);
 - train-reference, pipeline-reference: the training and pipeline recipes' keys (TrainConfig,
   PipelineConfig), from their fields' defaults and help, the same way;
 - cli-reference: every `distill` command with its arguments and options, read from the typer app.
@@ -70,24 +70,28 @@ def cli_reference(app=None) -> str:
 
 def sections() -> dict[str, str]:
     """The generated sections other than the recipe reference (flows/recipe.py writes that one)."""
+    from distill.config import reference_markdown
     from distill.flows.pipeline import PipelineConfig
-    from distill.flows.recipe import reference_markdown
     from distill.trainers.sft import TrainConfig
 
     return {"run-identity": run_identity_markdown(),
-            "train-reference": reference_markdown(TrainConfig),
-            "pipeline-reference": reference_markdown(PipelineConfig),
+            "train-reference": reference_markdown(TrainConfig.model_fields),
+            "pipeline-reference": reference_markdown(PipelineConfig.model_fields),
             "cli-reference": cli_reference()}
 
 
 def run_identity_markdown() -> str:
     """Which recipe keys make a run what it is, and which only say how it runs (flows/recipe.py)."""
-    from distill.flows.recipe import EXECUTION_KEYS, KEYS
+    from distill.flows.recipe import EXECUTION_KEYS, IDENTITY_SECTIONS, KEYS, SECTIONS
 
     same = ", ".join(f"`{k}`" for k in KEYS if k in EXECUTION_KEYS)
     new = ", ".join(f"`{k}`" for k in KEYS if k not in EXECUTION_KEYS)
-    return (f"- **Keys that keep the run** (how and where it runs; change them between calls freely): {same}.\n"
-            f"- **Keys that make another run** (which problems, samples and decisions): {new}. The new run still "
+    kept = ", ".join(s for s in SECTIONS if s not in IDENTITY_SECTIONS)
+    made = ", ".join(IDENTITY_SECTIONS)
+    return (f"- **Keys that keep the run** (sections {kept}: how and where it runs; change them between calls "
+            f"freely): {same}.\n"
+            f"- **Keys that make another run** (`name` and sections {made}: which problems, samples and "
+            f"decisions): {new}. The new run still "
             "copies every stored sample it can use: only a change of the prompt (`system_prompt`, `few_shot`, "
             "`prompt_template`), the teacher (`model`) or a sampling parameter (`temperature`, `top_p`, "
             "`max_tokens`, `seed`, `stop`) makes samples the teacher has not been paid for yet; a larger `n` "
@@ -104,7 +108,8 @@ def section(text: str, name: str) -> str:
 
 def write_readme(readme: Path = README) -> list[str]:
     """Rewrite every generated section of `readme`; returns the names of those that changed."""
-    from distill.flows.recipe import write_readme_reference, write_section
+    from distill.config import write_section
+    from distill.flows.recipe import write_readme_reference
 
     changed = ["recipe-reference"] if write_readme_reference(readme) else []
     return changed + [name for name, body in sections().items() if write_section(readme, name, body)]

@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from distill import filters as filters_mod
 from distill.filters.selection import select_per_problem
+from distill.flows.journey import journeys_task
 from distill.flows.logs import terminal
 from distill.flows.recipe import Recipe
-from distill.generators import make_generator, pick_backend
+from distill.generators import teacher_for
 from distill.generators.base import SamplingConfig, build_messages
 from distill.errors import BackendError
-from distill.generators.models import resolve_model
 from distill.generators.problems import Problem, load_problems
 from distill.verifiers import verify_batch
 from distill.warehouse.schema import Trace, make_trace_id, sampling_json, split_think
@@ -48,10 +48,10 @@ from distill.warehouse.store import Warehouse
 
 def problems_for(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
     return load_problems(
-        recipe.dataset, split=recipe.dataset_split, config=recipe.dataset_config,
-        question_field=recipe.question_field, answer_field=recipe.answer_field,
-        answer_format=recipe.answer_format, domain=recipe.domain, options=recipe.dataset_options,
-        limit=recipe.limit, base_dir=base_dir,
+        recipe.problems.dataset, split=recipe.problems.dataset_split, config=recipe.problems.dataset_config,
+        question_field=recipe.problems.question_field, answer_field=recipe.problems.answer_field,
+        answer_format=recipe.problems.answer_format, domain=recipe.problems.domain, options=recipe.problems.dataset_options,
+        limit=recipe.problems.limit, base_dir=base_dir,
     )
 
 
@@ -71,27 +71,9 @@ def build_filters(recipe: Recipe, base_dir: Path | None) -> list:
     return out
 
 
-def backend_for(recipe: Recipe) -> str:
-    """`auto` is the openai backend when the recipe names a server, else vllm if installed, else transformers."""
-    return "openai" if recipe.backend == "auto" and recipe.api_base else pick_backend(recipe.backend)
-
-
-def make_teacher(recipe: Recipe, backend: str):
-    if backend == "openai":
-        # The model is the server's name for it; nothing is loaded here.
-        return make_generator("openai", recipe.model, api_base=recipe.api_base, api_key_env=recipe.api_key_env,
-                              api_mode=recipe.api_mode, concurrency=recipe.concurrency,
-                              request_timeout=recipe.request_timeout, max_retries=recipe.max_retries,
-                              seed=recipe.seed, tokenizer=recipe.tokenizer, send_seed=recipe.api_send_seed)
-    return make_generator(backend, resolve_model(recipe.model), dtype=recipe.dtype,
-                          max_model_len=recipe.max_model_len, seed=recipe.seed,
-                          gpu_memory_utilization=recipe.gpu_memory_utilization,
-                          tensor_parallel_size=recipe.tensor_parallel_size)
-
-
 def sampling_for(recipe: Recipe) -> SamplingConfig:
-    return SamplingConfig(n=recipe.n, temperature=recipe.temperature, top_p=recipe.top_p,
-                          max_tokens=recipe.max_tokens, seed=recipe.seed, stop=list(recipe.stop))
+    return SamplingConfig(n=recipe.sampling.n, temperature=recipe.sampling.temperature, top_p=recipe.sampling.top_p,
+                          max_tokens=recipe.sampling.max_tokens, seed=recipe.sampling.seed, stop=list(recipe.sampling.stop))
 
 
 def run_id_for(recipe: Recipe, fresh: bool = False) -> str:
@@ -101,14 +83,14 @@ def run_id_for(recipe: Recipe, fresh: bool = False) -> str:
 
 def prompt_for(recipe: Recipe, problem: Problem) -> list[dict]:
     """The chat messages the teacher sees for a problem: part of each of its samples' identity."""
-    return build_messages(problem.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+    return build_messages(problem.question, recipe.prompt.system_prompt, recipe.prompt.few_shot, recipe.prompt.prompt_template)
 
 
 def sample_ids(recipe: Recipe, problem: Problem, prompt: list[dict] | None = None) -> list[str]:
     """The trace ids of a problem's samples 0..n-1 in this recipe."""
     prompt = prompt or prompt_for(recipe, problem)
     sampling = sampling_json(sampling_for(recipe).as_dict())
-    return [make_trace_id(prompt, recipe.model, sampling, i) for i in range(recipe.n)]
+    return [make_trace_id(prompt, recipe.teacher.model, sampling, i) for i in range(recipe.sampling.n)]
 
 
 def make_trace(run_id: str, recipe: Recipe, backend: str, problem: Problem, prompt: list[dict], index: int,
@@ -116,14 +98,14 @@ def make_trace(run_id: str, recipe: Recipe, backend: str, problem: Problem, prom
     """The row of one finished sample (a generators.base.Sample) of a problem."""
     sampling = sampling_json(sampling_for(recipe).as_dict())
     reasoning, answer = split_think(s.text)
-    pin, pout = recipe.price_input_per_mtok, recipe.price_output_per_mtok
+    pin, pout = recipe.serving.price_input_per_mtok, recipe.serving.price_output_per_mtok
     cost = None
     if pin is not None and pout is not None and s.completion_tokens is not None:
         cost = ((s.prompt_tokens or 0) * pin + s.completion_tokens * pout) / 1e6
     return Trace(
-        trace_id=make_trace_id(prompt, recipe.model, sampling, index), run_id=run_id,
+        trace_id=make_trace_id(prompt, recipe.teacher.model, sampling, index), run_id=run_id,
         problem_id=problem.problem_id, sample_index=index, source=problem.source, domain=problem.domain,
-        prompt=prompt, question=problem.question, reference=problem.reference, teacher=recipe.model,
+        prompt=prompt, question=problem.question, reference=problem.reference, teacher=recipe.teacher.model,
         backend=backend, sampling=sampling, completion=s.text, reasoning=reasoning, answer=answer,
         finish_reason=s.finish_reason, prompt_tokens=s.prompt_tokens,
         completion_tokens=s.completion_tokens, latency_s=s.latency_s, cost_usd=cost,
@@ -171,39 +153,14 @@ def load_task(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
     return problems_for(recipe, base_dir)
 
 
-# One teacher per process and teacher config: an engine holds a model on a device, so shards in
-# threads share it (one generate call at a time) instead of loading a second copy.
-_TEACHERS: dict[str, tuple[object, threading.Lock]] = {}
+# The run's filter objects per process (stateful ones, dedup, see every shard the process handles).
 _FILTERS: dict[str, tuple[list, threading.Lock]] = {}
-_CACHE_LOCK = threading.Lock()
-TEACHER_KEYS = ("model", "backend", "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size",
-                "seed", "api_base", "api_key_env", "api_mode", "tokenizer", "concurrency", "request_timeout",
-                "max_retries")
-
-
-def teacher_for(recipe: Recipe, backend: str, timings: dict) -> tuple[object, threading.Lock]:
-    key = repr([getattr(recipe, k) for k in TEACHER_KEYS])
-    with _CACHE_LOCK:
-        if key not in _TEACHERS:
-            t0 = time.perf_counter()
-            _TEACHERS[key] = (make_teacher(recipe, backend), threading.Lock())
-            timings["model_load"] = time.perf_counter() - t0
-        return _TEACHERS[key]
-
-
-def release_teachers() -> None:
-    """Stop this process's teacher engines (before training or evaluating other models here)."""
-    with _CACHE_LOCK:
-        teachers = [t for t, _ in _TEACHERS.values()]
-        _TEACHERS.clear()
-    for t in teachers:
-        if hasattr(t, "close"):
-            t.close()
+_FILTERS_LOCK = threading.Lock()
 
 
 def filters_for(recipe: Recipe, run_id: str, base_dir: Path | None) -> tuple[list, threading.Lock]:
     """The run's filter objects in this process: stateful ones (dedup) see every shard it handles."""
-    with _CACHE_LOCK:
+    with _FILTERS_LOCK:
         if run_id not in _FILTERS:
             _FILTERS[run_id] = (build_filters(recipe, base_dir), threading.Lock())
         return _FILTERS[run_id]
@@ -250,7 +207,7 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
     they finish), then verifies what is new to it and re-filters the whole shard: per-problem steps
     need all of its samples. Rows of problems deleted from the dataset stay, rejected as REMOVED.
     """
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
     timings: dict[str, float] = {}
     existing = wh.read_part(run_id, shard) if wh.part_exists(run_id, shard) else []
     have = {t.trace_id for t in existing}
@@ -272,9 +229,9 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
         if missing[p.problem_id]:
             by_count.setdefault(len(missing[p.problem_id]), []).append(p)
     generated, failures, calls = [], [], 0
-    ckpt = Checkpoints(wh, run_id, shard, recipe.checkpoint_seconds)
+    ckpt = Checkpoints(wh, run_id, shard, recipe.execution.checkpoint_seconds)
     if by_count:
-        teacher, engine_lock = teacher_for(recipe, backend, timings)
+        teacher, engine_lock = teacher_for(backend, recipe.teacher_settings(), timings)
     gen_s = 0.0
     for k, group in sorted(by_count.items()):
         conversations = [prompts[p.problem_id] for p in group]
@@ -313,9 +270,9 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
         ckpt.flush()
     t1 = time.perf_counter()
     new = copied + generated
-    verdicts = verify_batch(recipe.verifier, [(t.completion, t.reference) for t in new], workers=recipe.verify_workers)
+    verdicts = verify_batch(recipe.selection.verifier, [(t.completion, t.reference) for t in new], workers=recipe.execution.verify_workers)
     for t, v in zip(new, verdicts):
-        t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.verifier, v.reason, v.extracted
+        t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.selection.verifier, v.reason, v.extracted
     t2 = time.perf_counter()
     rows = sorted(existing + new, key=lambda t: (t.problem_id, t.sample_index))
     active = [t for t in rows if t.problem_id in by_id]
@@ -323,13 +280,13 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
     run_filters, filters_lock = filters_for(recipe, run_id, base_dir)
     with filters_lock:  # filter objects keep state (dedup) and are not thread-safe
         reports = filters_mod.apply_filters(active, run_filters).reports  # this shard's, not the process's
-    select_per_problem(active, recipe.keep_per_problem, recipe.prefer, recipe.pass_rate_min, recipe.pass_rate_max)
+    select_per_problem(active, recipe.selection.keep_per_problem, recipe.selection.prefer, recipe.selection.pass_rate_min, recipe.selection.pass_rate_max)
     for t in removed:  # never deleted: a paid-for sample, and the problem may come back
         t.kept, t.rejected_by, t.rejected_stage = False, REMOVED, "dataset"
     t3 = time.perf_counter()
     if rows:
-        wh.write_part(run_id, shard, rows, expected=len(problems) * recipe.n + len(removed),
-                      key=shard_key(problems, recipe.n))
+        wh.write_part(run_id, shard, rows, expected=len(problems) * recipe.sampling.n + len(removed),
+                      key=shard_key(problems, recipe.sampling.n))
     wh.drop_checkpoints(run_id, shard)  # the part, renamed into place, holds every checkpointed sample
     t4 = time.perf_counter()
     timings.update(generate=gen_s, verify=t2 - t1, filter=t3 - t2, write=t4 - t3)
@@ -343,11 +300,11 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
 
 def task_runner_for(recipe: Recipe):
     """The recipe's task runner: threads here; Dask or Ray processes (or a cluster) to scale out."""
-    if recipe.task_runner == "threads":
+    if recipe.execution.task_runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=recipe.parallel_shards)
-    if recipe.task_runner == "dask":
+        return ThreadPoolTaskRunner(max_workers=recipe.execution.parallel_shards)
+    if recipe.execution.task_runner == "dask":
         try:
             import dask
             from prefect_dask import DaskTaskRunner
@@ -355,15 +312,15 @@ def task_runner_for(recipe: Recipe):
             raise BackendError("task_runner dask needs prefect-dask: pip install 'distill[scale]'") from None
         # Worker processes must be allowed children: verification runs in its own process pool.
         dask.config.set({"distributed.worker.daemon": False})
-        if recipe.dask_address:
-            return DaskTaskRunner(address=recipe.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": recipe.parallel_shards, "threads_per_worker": 1,
+        if recipe.execution.dask_address:
+            return DaskTaskRunner(address=recipe.execution.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": recipe.execution.parallel_shards, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:
         raise BackendError("task_runner ray needs prefect-ray: pip install prefect-ray") from None
-    return RayTaskRunner(address=recipe.dask_address) if recipe.dask_address else RayTaskRunner()
+    return RayTaskRunner(address=recipe.execution.dask_address) if recipe.execution.dask_address else RayTaskRunner()
 
 
 def versions() -> dict:
@@ -409,25 +366,25 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     the run's samples. Filter reports are kept per shard (`filters_by_shard`), the reports of the
     shard's last filtering, and `filters` merges them: a shard redone by a later call replaces its report.
     """
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
     started = time.time()
     timings: dict[str, float] = {}  # this call's, summed over the shards it ran
     problems = load_task(recipe, base_dir)
     by_id = {p.problem_id: p for p in problems}  # a question given twice is one problem
     previous_plan = wh.read_plan(run_id)
-    plan = plan_shards(previous_plan, list(by_id), recipe.shard_size)
+    plan = plan_shards(previous_plan, list(by_id), recipe.execution.shard_size)
     if plan != previous_plan:
         wh.write_plan(run_id, plan)  # before any shard is stored: the shards' contents are fixed from here
     shards = [[by_id[pid] for pid in ids if pid in by_id] for ids in plan]
     todo = [i for i in range(len(plan))
             if (shards[i] or wh.part_exists(run_id, i))
-            and wh.part_missing(run_id, i, shard_key(shards[i], recipe.n)) != 0]
+            and wh.part_missing(run_id, i, shard_key(shards[i], recipe.sampling.n)) != 0]
     for i in wh.checkpointed_shards(run_id) - set(todo):  # a crash between a part's rename and its checkpoints' removal
         wh.drop_checkpoints(run_id, i)
     # The generation cache: where the samples the shards to do need are stored, in any run.
     wanted = {i: [tid for p in shards[i] for tid in sample_ids(recipe, p)] for i in todo}
     stored = wh.find_samples(tid for ids in wanted.values() for tid in ids)
-    backend = backend_for(recipe)
+    backend = recipe.backend_name()
     previous = wh.read_run(run_id) or {}
     call = {"started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None, "status": "running",
             "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
@@ -440,7 +397,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     run = {
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
         "status": "running", "started_at": call["started_at"], "finished_at": None,
-        "backend": backend, "teacher": recipe.model, "versions": versions(), "git_sha": git_sha(),
+        "backend": backend, "teacher": recipe.teacher.model, "versions": versions(), "git_sha": git_sha(),
         "problems": len(by_id), "shards": len(shards), "shards_resumed": len(shards) - len(todo),
         "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
         "error": None, "failed_samples": 0, "failures": [],
@@ -499,13 +456,11 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         call["status"] = run["status"]
         record()
         wh.refresh()
-    if recipe.journey:  # from the stored samples, so a resumed run builds them from all of its samples
-        from distill.flows.journey import journeys_task  # flows.journey uses this module's teacher cache
-
-        done = (previous.get("journeys") or {}).get(recipe.journey)
-        if todo or not done or not wh.journey_path(run_id, recipe.journey).exists():
+    if recipe.journeys.journey:  # from the stored samples, so a resumed run builds them from all of its samples
+        done = (previous.get("journeys") or {}).get(recipe.journeys.journey)
+        if todo or not done or not wh.journey_path(run_id, recipe.journeys.journey).exists():
             done = journeys_task(recipe, run_id)
-        run.setdefault("journeys", {})[recipe.journey] = done
+        run.setdefault("journeys", {})[recipe.journeys.journey] = done
         wh.write_run(run)
     summary_artifact(wh, run)
     return run
@@ -552,7 +507,7 @@ def _api_for_workers(recipe: Recipe):
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if recipe.task_runner == "threads" or recipe.dask_address or PREFECT_API_URL.value():
+    if recipe.execution.task_runner == "threads" or recipe.execution.dask_address or PREFECT_API_URL.value():
         yield
         return
     from prefect.server.api.server import SubprocessASGIServer

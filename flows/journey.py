@@ -31,7 +31,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from distill.flows.generate import backend_for, teacher_for
+from distill.generators import teacher_for
 from distill.flows.recipe import Recipe
 from distill.generators.base import SamplingConfig
 from distill.verifiers import verify_batch
@@ -50,14 +50,14 @@ BATCH = 64  # wrong paths per teacher call; finished journeys are saved after ea
 def build_journeys(recipe: Recipe, run_id: str, mode: str | None = None, *, max_wrong: int | None = None,
                    per_problem: int | None = None, batch: int = BATCH) -> dict:
     """Build, store and count one run's journeys; returns the counts (also written to the run record)."""
-    mode = mode or recipe.journey
+    mode = mode or recipe.journeys.journey
     if mode not in MODES:
         raise DistillError(f"journey mode must be template or teacher, got {mode!r}")
     if batch < 1:
         raise DistillError(f"journey batch must be >= 1, got {batch}")
-    max_wrong = max_wrong or recipe.journey_max_wrong
-    per_problem = per_problem or recipe.journey_per_problem
-    wh = Warehouse(recipe.warehouse)
+    max_wrong = max_wrong or recipe.journeys.journey_max_wrong
+    per_problem = per_problem or recipe.journeys.journey_per_problem
+    wh = Warehouse(recipe.execution.warehouse)
     wh.refresh_if_writable()
     cols, rows = wh.query("SELECT * FROM traces WHERE run_id = ? AND kind = 'sample' "
                           "ORDER BY problem_id, sample_index", [run_id])
@@ -167,7 +167,7 @@ def _merge(stored: dict[str, Trace], new: list[Trace]) -> dict[str, Trace]:
 
 def _prompt_key(recipe: Recipe) -> str:
     """What the teacher is shown around a wrong path: a different prompt makes different journeys."""
-    key = json.dumps([recipe.system_prompt, recipe.journey_prompt, recipe.journey_few_shot], sort_keys=True)
+    key = json.dumps([recipe.prompt.system_prompt, recipe.journeys.journey_prompt, recipe.journeys.journey_few_shot], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -178,8 +178,8 @@ def teacher_journeys(recipe: Recipe, rows: list[dict], max_wrong: int, per_probl
     errors), batch by batch, each batch through all its rounds before the next, `save(rows)` after
     each. Returns the rows built, per-round counts and how many journeys were candidates."""
     stored = stored or {}
-    meta = {"max_wrong": max_wrong, "n": recipe.journey_n, "temperature": recipe.temperature, "top_p": recipe.top_p,
-            "max_tokens": recipe.max_tokens, "seed": recipe.seed, "stop": list(recipe.stop), "teacher": recipe.model,
+    meta = {"max_wrong": max_wrong, "n": recipe.journeys.journey_n, "temperature": recipe.sampling.temperature, "top_p": recipe.sampling.top_p,
+            "max_tokens": recipe.sampling.max_tokens, "seed": recipe.sampling.seed, "stop": list(recipe.sampling.stop), "teacher": recipe.teacher.model,
             "prompt": _prompt_key(recipe)}
     by_problem: dict[str, list[dict]] = {}
     for t in rows:
@@ -195,10 +195,10 @@ def teacher_journeys(recipe: Recipe, rows: list[dict], max_wrong: int, per_probl
                                 "tokens": 0, "prompt_tokens": 0, "latency": 0.0})
     if not pending:
         return [], [], candidates
-    backend = backend_for(recipe)
-    sampling = SamplingConfig(n=recipe.journey_n, temperature=recipe.temperature, top_p=recipe.top_p,
-                              max_tokens=recipe.max_tokens, seed=recipe.seed, stop=list(recipe.stop))
-    teacher, lock = teacher_for(recipe, backend, {})
+    backend = recipe.backend_name()
+    sampling = SamplingConfig(n=recipe.journeys.journey_n, temperature=recipe.sampling.temperature, top_p=recipe.sampling.top_p,
+                              max_tokens=recipe.sampling.max_tokens, seed=recipe.sampling.seed, stop=list(recipe.sampling.stop))
+    teacher, lock = teacher_for(backend, recipe.teacher_settings())
     out: list[Trace] = []
     rounds: dict[int, dict] = {}
     with tqdm(total=len(pending), desc="journeys", unit="journey", disable=None) as bar:
@@ -208,8 +208,8 @@ def teacher_journeys(recipe: Recipe, rows: list[dict], max_wrong: int, per_probl
                 if not todo:
                     break
                 prompts = [teacher_messages(j["base"].get("question") or question_of(j["base"]["prompt"]),
-                                            "\n\n".join(j["path"]), system_prompt=recipe.system_prompt,
-                                            few_shot=recipe.journey_few_shot, prompt=recipe.journey_prompt)
+                                            "\n\n".join(j["path"]), system_prompt=recipe.prompt.system_prompt,
+                                            few_shot=recipe.journeys.journey_few_shot, prompt=recipe.journeys.journey_prompt)
                            for j in todo]
                 with lock:
                     samples = teacher.generate(prompts, sampling)
@@ -229,7 +229,7 @@ def teacher_journeys(recipe: Recipe, rows: list[dict], max_wrong: int, per_probl
 def _round(recipe: Recipe, backend: str, meta: dict, todo: list[dict], samples: list[list],
            last: bool) -> tuple[list[Trace], list[dict]]:
     """Verify one round's continuations: (journeys that ended, journeys to ask again)."""
-    flat = verify_batch(recipe.verifier, [(s.text, j["base"]["reference"]) for j, outs in zip(todo, samples)
+    flat = verify_batch(recipe.selection.verifier, [(s.text, j["base"]["reference"]) for j, outs in zip(todo, samples)
                                           for s in outs])
     ended, again, k = [], [], 0
     for j, outs in zip(todo, samples):
@@ -257,13 +257,13 @@ def _round(recipe: Recipe, backend: str, meta: dict, todo: list[dict], samples: 
 def _teacher_row(j: dict, recipe: Recipe, backend: str, meta: dict, reasoning: str, answer: str,
                  finish_reason: str | None, verdict, why: str | None) -> Trace:
     base = j["base"]
-    pin, pout = recipe.price_input_per_mtok, recipe.price_output_per_mtok
+    pin, pout = recipe.serving.price_input_per_mtok, recipe.serving.price_output_per_mtok
     # every round's samples were paid for, the ones not picked too (as flows.generate.build_traces costs samples)
     cost = None if pin is None or pout is None else (j["prompt_tokens"] * pin + j["tokens"] * pout) / 1e6
     t = journey_trace(
         base, mode="teacher", parents=[base["trace_id"]], sample_index=j["index"], reasoning=reasoning,
-        answer=answer, sampling=meta, outcome={"branches": len(j["path"])}, teacher=recipe.model, backend=backend,
-        finish_reason=finish_reason, correct=verdict.correct, verifier=recipe.verifier,
+        answer=answer, sampling=meta, outcome={"branches": len(j["path"])}, teacher=recipe.teacher.model, backend=backend,
+        finish_reason=finish_reason, correct=verdict.correct, verifier=recipe.selection.verifier,
         verdict_reason=verdict.reason, extracted=verdict.extracted, rejected_by=why,
         completion_tokens=j["tokens"], prompt_tokens=j["prompt_tokens"], latency_s=j["latency"], cost_usd=cost)
     assert t.trace_id == j["id"], "a journey's id must be the one known before it was built"
@@ -293,5 +293,5 @@ def recipe_of_run(root: str | Path, run_id: str) -> Recipe:
     run = Warehouse(root).read_run(run_id)
     if run is None:
         raise DistillError(f"unknown run {run_id!r} in {Path(root).absolute()} (see `distill runs`)")
-    fields = {k: v for k, v in run["recipe"].items() if k in Recipe.__dataclass_fields__}
-    return Recipe(**{**fields, "warehouse": str(root)})
+    fields = {k: v for k, v in run["recipe"].items() if k in Recipe.keys()}  # a key since removed is ignored
+    return Recipe.build({**fields, "warehouse": str(root)})

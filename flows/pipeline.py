@@ -9,21 +9,23 @@ A rerun picks up where a run stopped: generation skips finished shards (and jour
 a student whose training finished with the same settings and data is not retrained; evaluations
 are run again (minutes), so a table always comes from the models on disk.
 """
-import dataclasses
 import hashlib
 import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import field_validator
 
-from distill.flows.generate import release_teachers, run_generate, run_id_for
-from distill.flows.recipe import load_recipe, read_config
+from distill.flows.generate import run_generate, run_id_for
+from distill.generators import release_teachers
+from distill.config import Config, key, read_config
+from distill.flows.recipe import load_recipe
 from distill.errors import ConfigError
 from distill.generators.problems import load_problems
 
@@ -33,46 +35,46 @@ TRAIN_DEFAULTS = {"per_device_train_batch_size": 8, "learning_rate": 1e-4, "num_
                   "max_length": 256, "logging_steps": 10, "save_steps": 1000}
 
 
-@dataclass
-class PipelineConfig:
-    name: str = field(default="pipeline", metadata={"help": "Name of the experiment."})
-    generate: str = field(default="default.yaml", metadata={
-        "help": "Generation recipe (relative to this file's folder, or the working directory)."})
-    generate_set: dict = field(default_factory=dict, metadata={
-        "help": "Overrides of the generation recipe's keys, e.g. {n: 8, journey: teacher}."})
-    journey: str = field(default="teacher", metadata={"help": "How journeys are built: template | teacher."})
-    students: list = field(default_factory=lambda: ["shortcut", "mixed"], metadata={
-        "help": "Students to train, by data variant: shortcut (correct paths), journey (journeys only), mixed (both)."})
-    student: str | None = field(default=None, metadata={
-        "help": "Model the students start from (default: the teacher's base model, the generation recipe's model)."})
-    train: dict = field(default_factory=lambda: dict(TRAIN_DEFAULTS), metadata={
-        "help": "Training keys (see the training recipe reference) shared by every student; keys not given "
-                "take these defaults."})
-    eval_dataset: str = field(default="builtin:addition", metadata={
-        "help": "Held-out problems: a file, Hub id or built-in task. Problems the generation run used are removed."})
-    eval_options: dict = field(default_factory=lambda: {"count": 100, "digits": [2], "seed": 1}, metadata={
-        "help": "Options of a built-in eval task."})
-    eval_question_field: str = field(default="question", metadata={"help": "Question column of an eval file."})
-    eval_answer_field: str = field(default="answer", metadata={"help": "Answer column of an eval file."})
-    eval_n: int = field(default=4, metadata={"help": "Samples per eval problem (pass@1 is averaged; maj@n votes)."})
-    eval_max_tokens: int = field(default=128, metadata={"help": "Most new tokens per eval sample."})
-    eval_temperature: float = field(default=0.6, metadata={"help": "Eval sampling temperature."})
-    eval_backend: str = field(default="auto", metadata={"help": "Eval backend: auto | vllm | transformers."})
-    out_dir: str = field(default="./distill-pipeline", metadata={
-        "help": "Where exported data, students and the results table go."})
+class PipelineConfig(Config):
+    """A pipeline recipe (flat YAML, every key optional)."""
 
-    def __post_init__(self):
-        if self.journey not in ("template", "teacher"):
-            raise ConfigError(f"pipeline key 'journey': expected template or teacher, got {self.journey!r}")
-        if not self.students or any(s not in ("shortcut", "journey", "mixed") for s in self.students):
-            raise ConfigError(f"pipeline key 'students': a list of shortcut, journey, mixed, got {self.students!r}")
-        if not isinstance(self.eval_n, int) or self.eval_n < 1:
-            raise ConfigError(f"pipeline key 'eval_n': expected a whole number >= 1, got {self.eval_n!r}")
+    what = "pipeline"
+    name: str = key("pipeline", "Name of the experiment.")
+    generate: str = key("default.yaml", "Generation recipe (relative to this file's folder, or the working directory).")
+    generate_set: dict = key(help="Overrides of the generation recipe's keys, e.g. {n: 8, journey: teacher}.",
+                             factory=dict)
+    journey: Literal["template", "teacher"] = key("teacher", "How journeys are built: template | teacher.",
+                                                  expected="template or teacher")
+    students: list = key(help="Students to train, by data variant: shortcut (correct paths), journey (journeys "
+                              "only), mixed (both).", factory=lambda: ["shortcut", "mixed"])
+    student: str | None = key(None, "Model the students start from (default: the teacher's base model, the "
+                                    "generation recipe's model).")
+    train: dict = key(help="Training keys (see the training recipe reference) shared by every student; keys not "
+                           "given take these defaults.", factory=lambda: dict(TRAIN_DEFAULTS))
+    eval_dataset: str = key("builtin:addition", "Held-out problems: a file, Hub id or built-in task. Problems the "
+                                                "generation run used are removed.")
+    eval_options: dict = key(help="Options of a built-in eval task.",
+                             factory=lambda: {"count": 100, "digits": [2], "seed": 1})
+    eval_question_field: str = key("question", "Question column of an eval file.")
+    eval_answer_field: str = key("answer", "Answer column of an eval file.")
+    eval_n: int = key(4, "Samples per eval problem (pass@1 is averaged; maj@n votes).",
+                      expected="a whole number >= 1", ge=1)
+    eval_max_tokens: int = key(128, "Most new tokens per eval sample.", expected="a whole number >= 1", ge=1)
+    eval_temperature: int | float = key(0.6, "Eval sampling temperature.", expected="a number >= 0", ge=0)
+    eval_backend: str = key("auto", "Eval backend: auto | vllm | transformers.")
+    out_dir: str = key("./distill-pipeline", "Where exported data, students and the results table go.")
+
+    @field_validator("students")
+    @classmethod
+    def _students(cls, v):
+        if not v or any(s not in ("shortcut", "journey", "mixed") for s in v):
+            raise ValueError("a list of shortcut, journey, mixed")
+        return v
 
 
 def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[PipelineConfig, Path]:
-    known = sorted(f.name for f in dataclasses.fields(PipelineConfig))
-    return PipelineConfig(**read_config(path, known, overrides, what="pipeline recipe")), Path(path).parent
+    data = read_config(path, PipelineConfig.keys(), overrides, what="pipeline recipe")
+    return PipelineConfig.build(data), Path(path).parent
 
 
 def _resolve(base_dir: Path, name: str) -> Path:
@@ -101,7 +103,7 @@ def train_task(settings: dict) -> dict:
     marker = out / "distill-train.json"
     if marker.exists() and json.loads(marker.read_text()).get("key") == key:
         return {**json.loads(marker.read_text()), "resumed": True}
-    result = train(TrainConfig(**settings))
+    result = train(TrainConfig.build(settings))
     record = {**result, "key": key}
     marker.write_text(json.dumps(record, indent=1))
     return record
@@ -171,12 +173,12 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
 
     # 2. export each student's data from this run
     t0 = time.time()
-    wh = Warehouse(recipe.warehouse)
-    examples = {v: export_task(recipe.warehouse, run_id, out / "data" / v, v) for v in cfg.students}
+    wh = Warehouse(recipe.execution.warehouse)
+    examples = {v: export_task(recipe.execution.warehouse, run_id, out / "data" / v, v) for v in cfg.students}
     timings["export"] = time.time() - t0
 
     # 3. train: same base, same settings, different data
-    student_base = cfg.student or recipe.model
+    student_base = cfg.student or recipe.teacher.model
     trained = {}
     for v in cfg.students:
         t0 = time.time()
@@ -188,9 +190,9 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
     # 4. evaluate on held-out problems: the base model zero-shot, then each student zero-shot
     t0 = time.time()
     # compared on the problem's own text (and id), not the rendered prompt: a template changes the prompt
-    problems, dropped = heldout_problems(cfg, base_dir, *seen_problems(wh, run_id, recipe.prompt_template))
+    problems, dropped = heldout_problems(cfg, base_dir, *seen_problems(wh, run_id, recipe.prompt.prompt_template))
     models = [("base", student_base)] + [(v, str(out / "students" / v)) for v in cfg.students]
-    results = [eval_task(m, label, problems, cfg, recipe.warehouse) for label, m in models]
+    results = [eval_task(m, label, problems, cfg, recipe.execution.warehouse) for label, m in models]
     wh.refresh()
     timings["evaluate"] = time.time() - t0
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
+from typing import ClassVar
 
 
 @dataclass(slots=True)
@@ -54,6 +54,48 @@ class SamplingConfig:
     def as_dict(self) -> dict:
         return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p,
                 "max_tokens": self.max_tokens, "seed": self.seed, "stop": self.stop or []}
+
+
+class Teacher:
+    """A teacher backend: one file in generators/, one subclass registered by name.
+
+    A subclass declares which recipe keys it takes (`options`: recipe key → its constructor's keyword; the
+    recipe's `seed` and serving section are offered) and whether it loads weights here (`local`: the
+    recipe's model name is then resolved to a local path first, the embedded alias converted once).
+    Adding a backend (SGLang, a hosted API) is one file with one class like this, imported in
+    generators/__init__.py; nothing else in distill names backends.
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[dict[str, str]] = {}
+    local: ClassVar[bool] = True
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Teacher":
+        """Build from a recipe's teacher settings (Recipe.teacher_settings): the model and the declared options."""
+        from distill.generators.models import resolve_model
+
+        model = resolve_model(settings["model"]) if cls.local else settings["model"]
+        return cls(model, **{kw: settings[k] for k, kw in cls.options.items() if k in settings})
+
+    def generate(self, conversations: list[list[dict]], sampling: SamplingConfig, indices: list[int] | None = None,
+                 on_sample: OnSample | None = None) -> list[list[Sample]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the engine (GPU memory, server connections); the default has nothing to free."""
+
+
+TEACHERS: dict[str, type[Teacher]] = {}
+
+
+def register_teacher(name: str):
+    """Class decorator: make a Teacher subclass the backend `name` of recipes (`backend: name`)."""
+    def wrap(cls: type[Teacher]) -> type[Teacher]:
+        cls.name = name
+        TEACHERS[name] = cls
+        return cls
+    return wrap
 
 
 def build_messages(question: str, system_prompt: str | None = None, few_shot: list[dict] | None = None,

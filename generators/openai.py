@@ -45,7 +45,7 @@ import queue
 import threading
 from datetime import datetime, timezone
 
-from distill.generators.base import OnSample, Sample, SamplingConfig
+from distill.generators.base import OnSample, Sample, SamplingConfig, Teacher, register_teacher
 from distill.errors import BackendError
 
 log = logging.getLogger("distill.openai")
@@ -100,8 +100,12 @@ class _Transient(Exception):
         self.reason, self.retry_after, self.retry, self.refused = reason, retry_after, retry, refused
 
 
-class OpenAIGenerator:
-    name = "openai"
+@register_teacher("openai")
+class OpenAIGenerator(Teacher):
+    # The model is the server's name for it: nothing is loaded here.
+    local = False
+    options = {**{k: k for k in ("api_base", "api_key_env", "api_mode", "concurrency", "request_timeout",
+                                 "max_retries", "seed", "tokenizer")}, "api_send_seed": "send_seed"}
     # Backoff: attempt k sleeps uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**k)) ("full jitter"),
     # or the server's Retry-After, capped at RETRY_AFTER_CAP.
     BACKOFF_BASE = 0.5

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 
-from distill.generators.base import OnSample, Sample, SamplingConfig
+from distill.generators.base import OnSample, Sample, SamplingConfig, Teacher, register_teacher
 from distill.errors import BackendError
 
 
-class TransformersGenerator:
-    name = "transformers"
+@register_teacher("transformers")
+class TransformersGenerator(Teacher):
+    options = {"dtype": "dtype", "seed": "seed"}
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", seed: int = 0, batch_size: int = 16, **_):
         import torch

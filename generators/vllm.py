@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from distill.generators.base import OnSample, Sample, SamplingConfig
+from distill.generators.base import OnSample, Sample, SamplingConfig, Teacher, register_teacher
 from distill.errors import BackendError
 
 
@@ -25,8 +25,9 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-class VLLMGenerator:
-    name = "vllm"
+@register_teacher("vllm")
+class VLLMGenerator(Teacher):
+    options = {k: k for k in ("dtype", "max_model_len", "seed", "gpu_memory_utilization", "tensor_parallel_size")}
     # Without `enqueue_chat` (older vLLM): conversations per `LLM.chat` call, each chunk delivered as a
     # whole; smaller loses less in a crash, larger keeps the engine's batches full.
     FALLBACK_CHUNK = 64

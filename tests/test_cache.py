@@ -24,7 +24,7 @@ QUESTIONS = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 7 + 1?"
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    from distill.flows.generate import release_teachers
+    from distill.generators import release_teachers
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
@@ -207,7 +207,7 @@ def test_a_stored_sample_whose_file_went_away_is_looked_up_again(harness, make, 
     first_id, _, _ = run(make(), tmp_path)
     recipe = make(keep_per_problem=1)  # another run (another decision), the same samples
     problems = problems_for(recipe, tmp_path)
-    (shard0,) = plan_shards(None, [p.problem_id for p in problems], recipe.shard_size)[:1]
+    (shard0,) = plan_shards(None, [p.problem_id for p in problems], recipe.execution.shard_size)[:1]
     mine = [p for p in problems if p.problem_id in shard0]
     stale = {tid: (str(tmp_path / "wh" / "gone.parquet"), first_id) for p in mine for tid in sample_ids(recipe, p)}
     counts = shard_task.fn(recipe, "other-run", "transformers", 0, mine, tmp_path, stale)

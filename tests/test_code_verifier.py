@@ -171,7 +171,7 @@ def test_unusable_reference_is_unverifiable(reference):
 
 @pytest.mark.filterwarnings("ignore:sandbox")
 def test_broken_sandbox_is_unverifiable_not_wrong(monkeypatch):
-    import verifiers.sandbox as sandbox
+    from distill.verifiers import sandbox
     monkeypatch.setattr(sandbox, "_self_test", lambda use_ns: "self-test failed: no python")
     v = verify(answer(MBPP_502["code"]), mbpp_ref(MBPP_502))
     assert (v.correct, v.reason) == (None, "sandbox_error")

@@ -299,13 +299,13 @@ class ScriptedGenerator:
 
 @pytest.fixture
 def teacher_double():
-    """Put a ScriptedGenerator in flows.generate's per-process teacher cache for a recipe; removed after."""
-    import flows.generate as g
+    """Put a ScriptedGenerator in the per-process teacher cache for a recipe; removed after."""
+    from distill import generators as g
 
     keys = []
 
     def install(recipe, script):
-        key = repr([getattr(recipe, k) for k in g.TEACHER_KEYS])
+        key = g.teacher_key(recipe.backend_name(), recipe.teacher_settings())
         assert key not in g._TEACHERS, "a real teacher is cached under this key already"
         gen = ScriptedGenerator(script)
         g._TEACHERS[key] = (gen, threading.Lock())
@@ -333,7 +333,7 @@ def test_a_shard_that_fails_twice_is_retried_by_prefect_and_succeeds(tmp_path, p
     run = run_generate(recipe, run_id, ROOT / "recipes")
     assert gen.calls == 3  # two failures, two retries (shard_task retries=2), the last one succeeds
     assert run["status"] == "finished" and run["error"] is None
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
     assert wh.read_run(run_id)["status"] == "finished"
     assert wh.query("select count(*), count(distinct trace_id) from traces where run_id = ?", [run_id])[1] == [(4, 4)]
     assert wh.query("select count(*) from traces where completion <> '<think>2+3=5</think>\\boxed{5}'")[1] == [(0,)]
@@ -351,7 +351,7 @@ def test_a_backend_error_is_not_retried_and_finished_shards_are_kept(tmp_path, p
         run_generate(recipe, run_id, ROOT / "recipes")
     assert gen.calls == 2  # shard 0 once, shard 1 once: no retry of a BackendError
     assert time.monotonic() - started < 60  # and no waiting for retry delays either
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
     record = wh.read_run(run_id)
     assert record["status"] == "failed" and record["error"].startswith("BackendError") and record["finished_at"]
     assert wh.part_exists(run_id, 0) and not wh.part_exists(run_id, 1)

@@ -1,5 +1,4 @@
 """Journey rows: the builder on literal inputs, storage as kind = journey with parents, and export."""
-import dataclasses
 import fcntl
 import re
 import shutil
@@ -192,7 +191,7 @@ def teacher(monkeypatch):
         state["t"] = StandIn(*args, **kw)
         return state["t"]
 
-    def teacher_for(recipe, backend, timings):
+    def teacher_for(backend, settings, timings=None):
         state["loads"] = state.get("loads", 0) + 1
         return state["t"], threading.Lock()
 
@@ -268,7 +267,7 @@ def test_a_crash_mid_build_loses_at_most_the_batch_in_flight(run_dir, teacher):
 
 
 def test_journey_rows_carry_their_cost(run_dir, teacher):
-    rcp = dataclasses.replace(recipe_of_run(run_dir, "run-j"), price_input_per_mtok=2.0, price_output_per_mtok=8.0)
+    rcp = recipe_of_run(run_dir, "run-j").replace(price_input_per_mtok=2.0, price_output_per_mtok=8.0)
     teacher(lambda p, call: 99 if p == 2 and call <= 2 else p + 10)  # problem 2 takes two rounds
     stats = build_journeys(rcp, "run-j", "teacher", max_wrong=2)
     one = (100 * 2.0 + 20 * 8.0) / 1e6  # a prompt of 100 tokens and 20 out, per sample asked
@@ -304,7 +303,7 @@ def test_sigkill_during_a_teacher_journey_build_then_rerun_equals_an_uninterrupt
         q, wrong = f"What is {a} + {b}?", a + b + 10
         traces.append(make_trace(f"<think>{a} plus {b} is {wrong}.</think>\n\\boxed{{{wrong}}}", trace_id=f"s{k}",
                                  run_id="kill-j", problem_id=f"p{k}", reference=str(a + b), question=q,
-                                 prompt=build_messages(q, recipe.system_prompt, recipe.few_shot), teacher=recipe.model,
+                                 prompt=build_messages(q, recipe.prompt.system_prompt, recipe.prompt.few_shot), teacher=recipe.teacher.model,
                                  correct=False, kept=False, verdict_reason="mismatch", extracted_answer=str(wrong)))
     wh = Warehouse(base)
     wh.write_part("kill-j", 0, traces)

@@ -66,18 +66,18 @@ def test_heldout_filter_removes_generation_problems_when_the_recipe_has_a_prompt
 
     gen_path = ROOT / "recipes" / "gsm8k-r1.yaml"
     recipe = load_recipe(gen_path, {"dataset": "data/gsm8k-test-50.jsonl", "limit": 6, "warehouse": str(tmp_path / "wh")})
-    assert recipe.prompt_template != "{question}"
+    assert recipe.prompt.prompt_template != "{question}"
     problems = problems_for(recipe, gen_path.parent)
     traces = []
     for k, p in enumerate(problems):
-        prompt = build_messages(p.question, recipe.system_prompt, recipe.few_shot, recipe.prompt_template)
+        prompt = build_messages(p.question, recipe.prompt.system_prompt, recipe.prompt.few_shot, recipe.prompt.prompt_template)
         assert prompt[-1]["content"].strip() != p.question.strip()  # what the old comparison looked at
-        traces.append(make_trace(trace_id=make_trace_id(prompt, recipe.model, "{}", 0), run_id="g", problem_id=p.problem_id,
+        traces.append(make_trace(trace_id=make_trace_id(prompt, recipe.teacher.model, "{}", 0), run_id="g", problem_id=p.problem_id,
                                  prompt=prompt, question=None if k == 0 else p.question))  # row 0: written before `question`
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
     wh.write_part("g", 0, traces)
     wh.refresh()
-    questions, ids = seen_problems(wh, "g", recipe.prompt_template)
+    questions, ids = seen_problems(wh, "g", recipe.prompt.prompt_template)
     assert questions == {p.question.strip() for p in problems} and ids == {p.problem_id for p in problems}
 
     # the eval set: the file's first 10 questions under another name, so problem ids differ and only text can match

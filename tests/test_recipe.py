@@ -1,6 +1,8 @@
 import pytest
 
-from distill.flows.recipe import load_recipe, parse_set, reference_markdown
+from distill.config import parse_set
+from distill.flows.recipe import (EXECUTION_KEYS, IDENTITY_SECTIONS, SECTIONS, Recipe, load_recipe,
+                                  recipe_reference)
 from distill.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 
@@ -9,12 +11,12 @@ DEFAULT = ROOT / "recipes" / "default.yaml"
 
 def test_default_recipe_loads_with_r1_sampling():
     r = load_recipe(DEFAULT)
-    assert (r.name, r.temperature, r.top_p, r.model) == ("default", 0.6, 0.95, "smollm2-135m")
+    assert (r.name, r.sampling.temperature, r.sampling.top_p, r.teacher.model) == ("default", 0.6, 0.95, "smollm2-135m")
 
 
 def test_set_overrides_are_read_as_yaml():
     assert parse_set(["n=8", "stop=[a, b]", "max_model_len=null"]) == {"n": 8, "stop": ["a", "b"], "max_model_len": None}
-    assert load_recipe(DEFAULT, parse_set(["n=8"])).n == 8
+    assert load_recipe(DEFAULT, parse_set(["n=8"])).sampling.n == 8
 
 
 def test_changed_recipe_changes_the_run_fingerprint():
@@ -54,8 +56,57 @@ def test_bad_values_name_the_key(override, key):
 
 
 def test_reference_lists_every_key_with_help():
-    ref = reference_markdown()
+    ref = recipe_reference()
     assert "| `temperature` | `0.6` |" in ref and "| `model` |" in ref
+    assert all(f"**{s}**" in ref for s in SECTIONS)
+
+
+def test_flat_keys_land_in_their_sections_and_a_section_may_be_written_whole(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("n: 8\nmodel: some/teacher\nexecution:\n  shard_size: 3\nsampling:\n  temperature: 0.7\n")
+    r = load_recipe(path)
+    assert (r.sampling.n, r.sampling.temperature, r.teacher.model, r.execution.shard_size) == (8, 0.7, "some/teacher", 3)
+    assert r.to_dict()["n"] == 8 and "sampling" not in r.to_dict()  # run records keep the flat keys
+    assert Recipe.build(r.to_dict()) == r
+
+
+def test_the_run_id_hashes_the_identity_sections_only():
+    """Execution keys (serving, execution) never change the run id; every identity key does."""
+    base = load_recipe(DEFAULT)
+    assert EXECUTION_KEYS == {k for s in ("serving", "execution") for k in SECTIONS[s].model_fields}
+    assert load_recipe(DEFAULT, {"concurrency": 64, "shard_size": 2, "backend": "transformers",
+                                 "warehouse": "/elsewhere"}).fingerprint() == base.fingerprint()
+    for section in IDENTITY_SECTIONS:
+        name = next(iter(SECTIONS[section].model_fields))
+        value = getattr(getattr(base, section), name)
+        changed = {"n": 5, "dataset": "other.jsonl", "model": "other", "system_prompt": "x",
+                   "verifier": "code", "journey": "template"}.get(name, value)
+        assert load_recipe(DEFAULT, {name: changed}).fingerprint() != base.fingerprint(), name
+
+
+def test_run_ids_are_those_of_the_flat_recipe_before_sections():
+    """A warehouse made before recipes had sections resumes the same runs: the default recipe's run id is
+    the one the flat dataclass gave (7ccd21b5, recorded before the change)."""
+    assert load_recipe(DEFAULT).fingerprint() == "7ccd21b5"
+
+
+def test_an_integer_temperature_stays_an_integer():
+    """Sample ids hash the sampling parameters as written: 1 and 1.0 must not drift between versions."""
+    assert load_recipe(DEFAULT, {"temperature": 1}).to_dict()["temperature"] == 1
+    assert isinstance(load_recipe(DEFAULT, {"temperature": 1}).sampling.temperature, int)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"n": "4"}, "recipe key 'n': expected a whole number >= 1, got '4'"),
+    ({"temperature": "hot"}, "recipe key 'temperature': expected a number >= 0, got 'hot'"),
+    ({"task_runner": "k8s"}, "recipe key 'task_runner': expected threads, dask or ray, got 'k8s'"),
+    ({"api_send_seed": "yes"}, "recipe key 'api_send_seed': expected true or false, got 'yes'"),
+    ({"sampling": {"nn": 1}}, "unknown key 'nn'"),
+])
+def test_strict_values_are_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        Recipe.build(override)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 # The CLI: each bad input is one line on stderr, exit 2, before any generation (no warehouse appears).
@@ -102,4 +153,4 @@ def test_every_command_has_help():
 def test_readme_recipe_reference_is_current():
     text = (ROOT / "README.md").read_text()
     start, end = "<!-- recipe-reference:start -->\n", "\n<!-- recipe-reference:end -->"
-    assert text[text.index(start) + len(start):text.index(end)] == reference_markdown()
+    assert text[text.index(start) + len(start):text.index(end)] == recipe_reference()

@@ -31,7 +31,7 @@ def problems(name: str):
 @pytest.mark.parametrize("name", TASKS)
 def test_recipe_reads_its_slice_with_the_right_verifier(name):
     rcp, probs = problems(name)
-    assert (rcp.verifier, len(probs)) == TASKS[name]
+    assert (rcp.selection.verifier, len(probs)) == TASKS[name]
     assert all(p.question.strip() and p.reference.strip() for p in probs)
 
 
@@ -50,7 +50,7 @@ def test_game24_reference_is_the_four_numbers():
     verify = get_verifier("countdown")
     assert verify("<think>.</think>\n\\boxed{(1 + 1 + 4) * 4}", probs[0].reference).reason == "wrong_numbers"
     assert verify("<think>.</think>\n\\boxed{6 * 4 * 1 * 1}", probs[0].reference).correct is True
-    assert "Use the numbers 1 1 4 6 once each" in rcp.prompt_template.replace("{question}", probs[0].question)
+    assert "Use the numbers 1 1 4 6 once each" in rcp.prompt.prompt_template.replace("{question}", probs[0].question)
 
 
 def test_mbpp_reference_solutions_pass_in_the_sandbox_and_wrong_ones_fail():

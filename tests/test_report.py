@@ -106,10 +106,10 @@ def runs(tmp_path_factory):
     where the report cannot be written (`reports` is a file), and a fourth, resumed, into a warehouse of its own: its
     first call fails on shard 0 and writes shard 1 (the contaminated problem), its second writes shard 0. The runs'
     artifacts and the flow's warnings."""
-    import dataclasses
     import logging
 
-    import flows.generate as g
+    import distill.flows.generate as g
+    from distill import generators
     from distill.errors import BackendError
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -118,15 +118,15 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     # names of their own: a run's id does not depend on its warehouse, and Prefect keeps one artifact per key
     recipes = [recipe_for(tmp, 0.6), recipe_for(tmp, 0.9),
-               dataclasses.replace(recipe_for(tmp, 0.6, "wh-broken"), name="report-broken")]
-    resumed = dataclasses.replace(recipe_for(tmp, 0.6, "wh-resumed"), name="report-resumed")
+               recipe_for(tmp, 0.6, "wh-broken").replace(name="report-broken")]
+    resumed = recipe_for(tmp, 0.6, "wh-resumed").replace(name="report-resumed")
     (tmp / "wh-broken").mkdir()
     (tmp / "wh-broken" / "reports").write_text("a file where the reports folder should be")
-    key = repr([getattr(recipes[0], k) for k in g.TEACHER_KEYS])
-    assert all(repr([getattr(r, k) for k in g.TEACHER_KEYS]) == key for r in [*recipes, resumed])
-    assert key not in g._TEACHERS
+    key = generators.teacher_key(recipes[0].backend_name(), recipes[0].teacher_settings())
+    assert all(generators.teacher_key(r.backend_name(), r.teacher_settings()) == key for r in [*recipes, resumed])
+    assert key not in generators._TEACHERS
     teacher = ScriptedTeacher()
-    g._TEACHERS[key] = (teacher, threading.Lock())
+    generators._TEACHERS[key] = (teacher, threading.Lock())
     warnings = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warnings.append(record.getMessage())
@@ -149,7 +149,7 @@ def runs(tmp_path_factory):
                     key=ArtifactFilterKey(any_=[artifact_key(i) for i in ids])))}
     finally:
         flow_logger.removeHandler(handler)
-        g._TEACHERS.pop(key, None)
+        generators._TEACHERS.pop(key, None)
     return {"wh": tmp / "wh", "a": ids[0], "b": ids[1], "broken": ids[2], "results": results,
             "artifacts": artifacts, "warnings": warnings, "resumed_wh": tmp / "wh-resumed", "resumed": ids[3]}
 

@@ -63,7 +63,8 @@ def teacher(tmp_path):
     """A recipe of its own (8 problems, shards of 2, n 2) and the scripted teacher installed for it."""
     import yaml
 
-    import flows.generate as g
+    import distill.flows.generate as g
+    from distill import generators
     from distill.flows.recipe import load_recipe
 
     (tmp_path / "problems.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
@@ -77,12 +78,12 @@ def teacher(tmp_path):
     def recipe(**overrides):
         return load_recipe(path, {"name": "record-test", **overrides})
 
-    key = repr([getattr(recipe(), k) for k in g.TEACHER_KEYS])
-    assert key not in g._TEACHERS
+    key = generators.teacher_key(recipe().backend_name(), recipe().teacher_settings())
+    assert key not in generators._TEACHERS
     gen = ScriptedTeacher()
-    g._TEACHERS[key] = (gen, threading.Lock())
+    generators._TEACHERS[key] = (gen, threading.Lock())
     yield recipe, gen
-    g._TEACHERS.pop(key, None)
+    generators._TEACHERS.pop(key, None)
     for run_id in [r for r in g._FILTERS if r.startswith("record-test-")]:  # the runs' filter objects
         g._FILTERS.pop(run_id, None)
 
@@ -119,7 +120,7 @@ def test_filter_reports_of_shards_in_parallel_add_up_to_what_the_traces_say(harn
     recipe, _ = teacher
     recipe = recipe()
     run_id = run_id_for(recipe)
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
     # Shard 0 finishes last although it was filtered first: its write waits until the other three parts exist
     # (the other thread runs shards 1, 2 and 3 meanwhile). Its report then predates shards 2's and 3's hits.
     write_part = Warehouse.write_part
@@ -154,7 +155,7 @@ def test_a_resumed_run_records_every_call(harness, teacher):
     recipe, gen = teacher
     recipe = recipe(parallel_shards=1)
     run_id = run_id_for(recipe)
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
 
     gen.fail_on = {"What is 7 + 8?"}  # shard 1 fails; shards 0, 2 and 3 are written
     with pytest.raises(BackendError):
@@ -183,7 +184,7 @@ def test_a_resumed_run_records_every_call(harness, teacher):
     assert wh.query("SELECT status, len(calls), timings.generate > 0 FROM runs WHERE run_id = ?", [run_id])[1] == \
         [("finished", 3, True)]
 
-    shown = run_cli("show", run_id, "--warehouse", recipe.warehouse, timeout=300)
+    shown = run_cli("show", run_id, "--warehouse", recipe.execution.warehouse, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert "timings (s, summed over 3 calls): " in shown.stdout
     assert "tokens/s" in shown.stdout and "4 of 4 shards already done" in shown.stdout
@@ -196,7 +197,7 @@ def test_a_record_from_before_calls_were_kept_is_carried_forward(harness, teache
     recipe, _ = teacher
     recipe = recipe(parallel_shards=1)
     run_id = run_id_for(recipe)
-    wh = Warehouse(recipe.warehouse)
+    wh = Warehouse(recipe.execution.warehouse)
     run_generate(recipe, run_id, ROOT / "recipes")
     old = wh.read_run(run_id)
     old["timings"] = {"generate": 3.0, "wall": 5.0}

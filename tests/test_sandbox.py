@@ -264,7 +264,7 @@ def test_killed_by_a_signal_is_reported():
 
 @pytest.mark.filterwarnings("ignore:sandbox")
 def test_a_sandbox_that_cannot_start_python_says_so(monkeypatch):
-    import verifiers.sandbox as sandbox
+    from distill.verifiers import sandbox
     monkeypatch.setattr(sandbox, "_self_test", lambda use_ns: "self-test failed: no python")
     r = run_python("print(1)")
     assert not r.ok and r.killed_reason == "sandbox_error" and "no python" in r.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from distill.generators import make_generator, pick_backend
+from distill.generators import make_teacher
 from distill.generators.base import SamplingConfig, build_messages
 from distill.generators.models import resolve_model
 from distill.generators.problems import Problem, load_problems
@@ -112,7 +112,7 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
         raise ValueError(f"k must be between 1 and n={n}, got {k}")
     own = generator is None
     if own:
-        generator = make_generator(pick_backend(backend), resolve_model(model), seed=seed)
+        generator = make_teacher(backend, resolve_model(model), seed=seed)
     prompts = [build_messages(p.question, system_prompt, few_shot, prompt_template) for p in problems]
     sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     outs = []

@@ -6,73 +6,60 @@ any chat template. Checkpoints go to `output_dir/checkpoint-*`; `resume: true` c
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import yaml
+from pydantic import field_validator
+
+from distill.config import Config, key, read_config
 from distill.errors import ConfigError
 
 
 
-@dataclass
-class TrainConfig:
-    data: str = field(default="warehouse", metadata={
-        "help": "An export folder (distill export --out DIR), or `warehouse` to export on the fly."})
-    warehouse: str = field(default="./distill-data", metadata={"help": "data: warehouse — its root."})
-    runs: list = field(default_factory=list, metadata={"help": "data: warehouse — run ids (default all)."})
-    where: str | None = field(default=None, metadata={"help": "data: warehouse — SQL predicate on traces."})
-    variant: str = field(default="shortcut", metadata={"help": "data: warehouse — shortcut | journey | mixed (both)."})
-    model: str = field(default="smollm2-135m", metadata={"help": "Student to start from: alias, path or Hub id."})
-    output_dir: str = field(default="./distill-students/student", metadata={"help": "Where checkpoints and the model go."})
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the data."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size per device."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
-    max_length: int = field(default=1024, metadata={"help": "Tokens per example (longer ones are cut)."})
-    packing: bool = field(default=False, metadata={"help": "Pack several examples into each sequence."})
-    warmup_steps: float = field(default=0, metadata={"help": "Warm-up steps (a number < 1 is a share of all steps)."})
-    logging_steps: int = field(default=5, metadata={"help": "Log the loss every N steps."})
-    save_steps: int = field(default=100, metadata={"help": "Checkpoint every N steps."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
-    seed: int = field(default=0, metadata={"help": "Seed for data order and initialisation."})
+Number = int | float
 
-    def __post_init__(self):
-        if self.variant not in ("shortcut", "journey", "mixed"):
-            raise ConfigError(f"training key 'variant': expected shortcut, journey or mixed, got {self.variant!r}")
-        for key in ("learning_rate", "num_train_epochs", "warmup_steps"):
-            # YAML reads 1e-5 (no dot) as a string: say so here, not deep inside the trainer
-            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), (int, float)):
-                raise ConfigError(f"training key {key!r}: expected a number, got {getattr(self, key)!r}"
-                                 + (" (write 1.0e-5: YAML reads 1e-5 as text)" if isinstance(getattr(self, key), str)
-                                    else ""))
-        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",
-                    "save_steps", "lora_r"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"training key {key!r}: expected a whole number >= 1, got {getattr(self, key)!r}")
+
+class TrainConfig(Config):
+    """A training recipe (flat YAML, every key optional)."""
+
+    what = "training"
+    data: str = key("warehouse", "An export folder (distill export --out DIR), or `warehouse` to export on the fly.")
+    warehouse: str = key("./distill-data", "data: warehouse — its root.")
+    runs: list = key(help="data: warehouse — run ids (default all).", factory=list)
+    where: str | None = key(None, "data: warehouse — SQL predicate on traces.")
+    variant: Literal["shortcut", "journey", "mixed"] = key(
+        "shortcut", "data: warehouse — shortcut | journey | mixed (both).", expected="shortcut, journey or mixed")
+    model: str = key("smollm2-135m", "Student to start from: alias, path or Hub id.")
+    output_dir: str = key("./distill-students/student", "Where checkpoints and the model go.")
+    lora: bool = key(False, "Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = key(16, "LoRA rank.", expected="a whole number >= 1", ge=1)
+    lora_alpha: int = key(32, "LoRA alpha.")
+    learning_rate: Number = key(5e-5, "Peak learning rate.", expected="a number")
+    num_train_epochs: Number = key(1.0, "Epochs over the data.", expected="a number")
+    max_steps: int = key(-1, "Stop after this many optimizer steps (-1: epochs decide).")
+    per_device_train_batch_size: int = key(4, "Batch size per device.", expected="a whole number >= 1", ge=1)
+    gradient_accumulation_steps: int = key(1, "Batches per optimizer step.", expected="a whole number >= 1", ge=1)
+    max_length: int = key(1024, "Tokens per example (longer ones are cut).", expected="a whole number >= 1", ge=1)
+    packing: bool = key(False, "Pack several examples into each sequence.")
+    warmup_steps: Number = key(0, "Warm-up steps (a number < 1 is a share of all steps).", expected="a number")
+    logging_steps: int = key(5, "Log the loss every N steps.", expected="a whole number >= 1", ge=1)
+    save_steps: int = key(100, "Checkpoint every N steps.", expected="a whole number >= 1", ge=1)
+    resume: bool = key(False, "Continue from the latest checkpoint in output_dir.")
+    seed: int = key(0, "Seed for data order and initialisation.")
+
+    @field_validator("learning_rate", "num_train_epochs", "warmup_steps", mode="before")
+    @classmethod
+    def _yaml_number(cls, v):
+        if isinstance(v, str):  # YAML reads 1e-5 (no dot) as a string: say so here, not deep inside the trainer
+            raise ValueError("a number (write 1.0e-5: YAML reads 1e-5 as text)")
+        return v
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"training recipe not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for source, keys in ((str(path), data), ("--set", overrides or {})):
-        unknown = sorted(set(keys) - known)
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)  # as flows.recipe.unknown_key
-            raise ConfigError(f"{source}: unknown key {unknown[0]!r} — "
-                             + (f"did you mean {close[0]!r}?" if close else "every training key is listed in README.md"))
-    data.update(overrides or {})
-    cfg = TrainConfig(**data)
+    cfg = TrainConfig.build(read_config(path, TrainConfig.keys(), overrides, what="training recipe"))
     # an export folder named in the recipe may sit beside it; other paths are relative to the working directory
     if cfg.data != "warehouse" and not Path(cfg.data).is_absolute() and (path.parent / cfg.data).exists():
         cfg.data = str(path.parent / cfg.data)
