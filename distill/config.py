@@ -44,7 +44,7 @@ class Config(BaseModel):
             raise ConfigError(explain(cls, e)) from None
 
     @classmethod
-    def keys(cls) -> list[str]:
+    def key_names(cls) -> list[str]:
         return list(cls.model_fields)
 
     def to_dict(self) -> dict:
@@ -72,7 +72,7 @@ def explain(cls: type[Config], error: ValidationError) -> str:
             break
         name, field, owner = part, fields[part], fields[part].annotation
     if first["type"] == "extra_forbidden":
-        return unknown_key(cls.what, first["loc"][-1], cls.keys(), cls.what)
+        return unknown_key(cls.what, first["loc"][-1], cls.key_names(), cls.what)
     if first["type"] == "value_error":  # a validator's own words: "expected ..." follows
         expected = str(first.get("ctx", {}).get("error", first["msg"]))
     else:

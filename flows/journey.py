@@ -293,5 +293,5 @@ def recipe_of_run(root: str | Path, run_id: str) -> Recipe:
     run = Warehouse(root).read_run(run_id)
     if run is None:
         raise DistillError(f"unknown run {run_id!r} in {Path(root).absolute()} (see `distill runs`)")
-    fields = {k: v for k, v in run["recipe"].items() if k in Recipe.keys()}  # a key since removed is ignored
+    fields = {k: v for k, v in run["recipe"].items() if k in Recipe.key_names()}  # a key since removed is ignored
     return Recipe.build({**fields, "warehouse": str(root)})

@@ -73,7 +73,7 @@ class PipelineConfig(Config):
 
 
 def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[PipelineConfig, Path]:
-    data = read_config(path, PipelineConfig.keys(), overrides, what="pipeline recipe")
+    data = read_config(path, PipelineConfig.key_names(), overrides, what="pipeline recipe")
     return PipelineConfig.build(data), Path(path).parent
 
 

@@ -247,7 +247,7 @@ class Recipe(Config):
         return out
 
     @classmethod
-    def keys(cls) -> list[str]:
+    def key_names(cls) -> list[str]:
         return KEYS
 
     def to_dict(self) -> dict:

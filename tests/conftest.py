@@ -10,6 +10,8 @@ DISTILL = [sys.executable, "-m", "distill.flows.cli"]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+# A loaded 2-core machine can take longer than the default 20 s to start Prefect's temporary server.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 900, env: dict | None = None):

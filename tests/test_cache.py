@@ -16,6 +16,8 @@ import yaml
 from tests.conftest import ROOT
 from distill.warehouse.store import Warehouse
 
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
 QUESTIONS = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 7 + 1?", "8"), ("What is 6 + 3?", "9"),
              ("What is 5 + 5?", "10")]
 

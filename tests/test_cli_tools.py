@@ -3,6 +3,9 @@ import json
 import subprocess
 
 from tests.conftest import DISTILL, ROOT
+import pytest
+
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
 
 
 def cli(args, stdin: bytes):

@@ -7,6 +7,8 @@ import pytest
 from tests.conftest import run_cli
 from distill.warehouse.store import Warehouse
 
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
 
 @pytest.fixture
 def wh_dir(tmp_path, make_trace):

@@ -22,6 +22,8 @@ import pytest
 from tests.conftest import ROOT
 from distill.warehouse.store import Warehouse
 
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
 WRITERS, PARTS, ROWS = 4, 5, 40
 TIMEOUT = 60
 

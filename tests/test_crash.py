@@ -10,6 +10,9 @@ import time
 
 from tests.conftest import DISTILL, ROOT
 from distill.warehouse.store import Warehouse
+import pytest
+
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
 
 ARGS = ["run", "recipes/default.yaml", "--limit", "4", "--set", "backend=transformers", "--set", "shard_size=1",
         "--set", "n=2", "--set", "parallel_shards=1", "--set", "max_tokens=16"]

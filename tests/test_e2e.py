@@ -3,6 +3,9 @@ import json
 
 from tests.conftest import run_cli
 from distill.warehouse.store import Warehouse
+import pytest
+
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
 
 
 def check_warehouse(wh: Warehouse, problems: int, n: int) -> str:

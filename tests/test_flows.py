@@ -24,6 +24,8 @@ import pytest
 from tests.conftest import DISTILL, ROOT
 from distill.warehouse.store import Warehouse
 
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
 FAST = ["--set", "backend=transformers", "--set", "max_tokens=16"]
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from distill.generators import make_generator, pick_backend
+from distill.generators import make_teacher, pick_backend
 from distill.generators.base import SamplingConfig, build_messages
 from distill.errors import BackendError
 from distill.generators.models import check_model_name, resolve_model
@@ -31,7 +31,7 @@ def test_unknown_backend_lists_known():
 
 
 def test_transformers_backend_samples_n_and_reports_truncation():
-    gen = make_generator("transformers", resolve_model("smollm2-135m"), seed=0)
+    gen = make_teacher("transformers", resolve_model("smollm2-135m"), seed=0)
     convs = [build_messages(f"What is {a} + 1?") for a in (1, 2)]
     out = gen.generate(convs, SamplingConfig(n=3, max_tokens=4))
     assert [len(s) for s in out] == [3, 3]
@@ -44,7 +44,7 @@ def test_transformers_backend_samples_n_and_reports_truncation():
 
 
 def test_transformers_backend_hands_over_each_batch():
-    gen = make_generator("transformers", resolve_model("smollm2-135m"), seed=0, batch_size=1)
+    gen = make_teacher("transformers", resolve_model("smollm2-135m"), seed=0, batch_size=1)
     seen = []
     convs = [build_messages(f"What is {a} + 1?") for a in (1, 2)]
     out = gen.generate(convs, SamplingConfig(n=2, max_tokens=3), on_sample=lambda j, k, s: seen.append((j, k, s)))
@@ -58,7 +58,6 @@ def test_transformers_backend_hands_over_each_batch():
 
 @pytest.fixture(scope="module")
 def vllm_gen():
-    pytest.importorskip("vllm")
     from distill.generators.vllm import VLLMGenerator
 
     gen = VLLMGenerator(resolve_model("smollm2-135m"), max_model_len=2048, gpu_memory_utilization=0.15)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.generators import make_generator
+from distill.generators import make_teacher
 from distill.generators.base import SamplingConfig, build_messages
 from distill.errors import BackendError
 from distill.generators.models import resolve_model
@@ -140,7 +140,7 @@ def sampling(**kw) -> SamplingConfig:
 # --------------------------------------------------------------------------------------------------
 
 def test_chat_mode_gives_n_samples_with_usage(vllm_server):
-    gen = make_generator("openai", "smollm2-135m", api_base=vllm_server.url, concurrency=8)
+    gen = make_teacher("openai", "smollm2-135m", api_base=vllm_server.url, concurrency=8)
     convs = [build_messages("Write one sentence about the sea."), build_messages("What is 2 + 3?")]
     seen = []
     out = gen.generate(convs, sampling(n=3, temperature=1.0, max_tokens=24),
@@ -160,8 +160,8 @@ def test_chat_mode_gives_n_samples_with_usage(vllm_server):
 
 def test_completions_mode_applies_the_chat_template_locally(vllm_server):
     conv = [build_messages("What is 4 + 4?", "Answer briefly.")]
-    chat = make_generator("openai", "smollm2-135m", api_base=vllm_server.url).generate(conv, sampling(n=2))
-    comp = make_generator("openai", "smollm2-135m", api_base=vllm_server.url,
+    chat = make_teacher("openai", "smollm2-135m", api_base=vllm_server.url).generate(conv, sampling(n=2))
+    comp = make_teacher("openai", "smollm2-135m", api_base=vllm_server.url,
                           api_mode="completions").generate(conv, sampling(n=2))
     assert len(comp[0]) == 2 and all(s.text and s.completion_tokens > 0 and s.error is None for s in comp[0])
     # the same template as the server's chat endpoint: the same prompt, token for token
@@ -169,13 +169,13 @@ def test_completions_mode_applies_the_chat_template_locally(vllm_server):
 
 
 def test_small_max_tokens_is_reported_as_length(vllm_server):
-    out = make_generator("openai", "smollm2-135m", api_base=vllm_server.url).generate(
+    out = make_teacher("openai", "smollm2-135m", api_base=vllm_server.url).generate(
         [build_messages("Tell me a long story about a dragon.")], sampling(n=2, max_tokens=3))
     assert [(s.finish_reason, s.completion_tokens) for s in out[0]] == [("length", 3), ("length", 3)]
 
 
 def test_unknown_model_fails_fast_with_the_server_in_the_message(vllm_server):
-    gen = make_generator("openai", "no-such-model", api_base=vllm_server.url)
+    gen = make_teacher("openai", "no-such-model", api_base=vllm_server.url)
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:\d+/v1 answered HTTP 404.*no-such-model"):
         gen.generate([build_messages("hi")], sampling(n=4))
 

@@ -5,6 +5,9 @@ import yaml
 
 from tests.conftest import ROOT, run_cli
 from distill.warehouse.store import Warehouse
+import pytest
+
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
 
 
 def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tmp_path):

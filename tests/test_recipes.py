@@ -14,6 +14,8 @@ from tests.conftest import DISTILL, ROOT
 from distill.verifiers import get_verifier
 from distill.warehouse.store import Warehouse
 
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
 RECIPES = ROOT / "recipes"
 TASKS = {  # recipe: (verifier, problems in its slice)
     "math500": ("math", 50),

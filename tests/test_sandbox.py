@@ -5,6 +5,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +14,16 @@ import pytest
 from distill.verifiers.sandbox import run_python, namespaces_available
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_ns = pytest.mark.skipif(not namespaces_available(), reason="Linux namespaces (unshare) unavailable here")
+# As root on Linux (this machine, CI) the namespaces must work: their absence there is a broken sandbox, a
+# failure. Elsewhere (macOS, a container without CAP_SYS_ADMIN) there is nothing to test.
+ROOT_ON_LINUX = sys.platform == "linux" and os.geteuid() == 0
+needs_ns = pytest.mark.skipif(not ROOT_ON_LINUX and not namespaces_available(),
+                              reason="Linux namespaces need root on Linux")
+
+
+@pytest.mark.skipif(not ROOT_ON_LINUX, reason="only root on Linux promises namespaces")
+def test_namespaces_work_as_root_on_linux():
+    assert namespaces_available(), "root on Linux, but `unshare` fails: the sandbox has no namespaces"
 # "plain" is the fallback without namespaces; it must still hold everything it promises.
 MODES = [pytest.param(True, id="namespaces", marks=needs_ns),
          pytest.param(False, id="plain", marks=pytest.mark.filterwarnings("ignore:sandbox"))]

@@ -8,6 +8,9 @@ import subprocess
 import time
 
 from tests.conftest import DISTILL, ROOT
+import pytest
+
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

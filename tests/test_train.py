@@ -9,6 +9,8 @@ from distill.trainers.sft import TrainConfig, load_train_config, to_prompt_compl
 from distill.errors import ConfigError
 from distill.warehouse.export import export
 
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
 
 def test_rows_become_prompt_and_completion():
     row = {"messages": [{"role": "user", "content": "What is 1 + 1?"},

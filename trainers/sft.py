@@ -59,7 +59,7 @@ class TrainConfig(Config):
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     path = Path(path)
-    cfg = TrainConfig.build(read_config(path, TrainConfig.keys(), overrides, what="training recipe"))
+    cfg = TrainConfig.build(read_config(path, TrainConfig.key_names(), overrides, what="training recipe"))
     # an export folder named in the recipe may sit beside it; other paths are relative to the working directory
     if cfg.data != "warehouse" and not Path(cfg.data).is_absolute() and (path.parent / cfg.data).exists():
         cfg.data = str(path.parent / cfg.data)

@@ -1,0 +1,538 @@
+"""The `distill` command line."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+# Quiet defaults, set before Prefect or vLLM is imported; a user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from distill.errors import ConfigError, DistillError, PartialRunError
+
+app = typer.Typer(help="distill: distillation data for reasoning models. Sample long chain-of-thought traces "
+                       "from a teacher, verify and filter them into a SQL warehouse.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+# Not on a terminal (a pipe, a file, CI), rich would cut tables at 80 columns: give them room.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+WAREHOUSE_HELP = "Warehouse root folder (default: the recipe's, else ./distill-data)."
+
+
+def fail(message: str) -> None:
+    """Bad input found by the CLI itself: the same one line and exit code as any DistillError (see main)."""
+    raise DistillError(message)
+
+
+def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[Path]):
+    """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
+    from distill.config import parse_set
+    from distill.flows.recipe import load_recipe
+    from distill.generators.models import check_model_name
+
+    overrides = parse_set(set_)
+    if limit is not None:
+        overrides["limit"] = limit
+    if warehouse is not None:
+        overrides["warehouse"] = str(warehouse)
+    rcp = load_recipe(recipe, overrides)
+    backend = rcp.backend_name()
+    if backend == "openai":
+        if not rcp.serving.api_base:
+            raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
+    else:
+        check_model_name(rcp.teacher.model)
+    from distill.verifiers import get_verifier
+
+    get_verifier(rcp.selection.verifier)
+    from distill.flows.generate import build_filters, problems_for, task_runner_for
+
+    build_filters(rcp, recipe.parent)
+    task_runner_for(rcp)
+    problems = problems_for(rcp, recipe.parent)
+    return rcp, backend, problems
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/default.yaml."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set n=8 (repeatable)."),
+    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+    fresh: bool = typer.Option(False, "--fresh", help="Start a new run instead of resuming the same recipe's."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show the engine's logs (vLLM, Prefect, warnings) "
+                                 "here; without it they go only to <warehouse>/logs/RUN_ID.log."),
+):
+    """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
+
+    rcp, backend, problems = prepare(recipe, set_, limit, warehouse)
+    from distill.flows.generate import run_generate, run_id_for
+
+    run_id = run_id_for(rcp, fresh)
+    header = (f"run {run_id}: {len(problems)} problems × {rcp.sampling.n} samples, teacher {rcp.teacher.model} ({backend}), "
+              f"warehouse {rcp.execution.warehouse}")
+    command = shlex.join(["distill", *sys.argv[1:]])
+    if verbose:
+        err.print(header, highlight=False)
+    else:  # the terminal shows the progress bar (named by the run id), the funnel and errors; the rest is logged
+        from distill.flows.logs import to_log_file
+
+        to_log_file(Path(rcp.execution.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
+        print(header, file=sys.stderr, flush=True)  # fd 2 is the run's log file now
+    result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
+    print_funnel(rcp.execution.warehouse, run_id, result)
+    if result.get("failed_samples"):
+        first = result["failures"][0]
+        raise PartialRunError(f"{result['failed_samples']} samples failed (first: problem {first['problem_id']} "
+                              f"sample {first['sample_index']}: {first['error']}); the finished ones are stored. "
+                              "Run the same command again to generate only the missing ones.")
+
+
+@app.command()
+def serve(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    cron: str = typer.Option(..., "--cron", help='Schedule, e.g. "0 * * * *" (hourly).'),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: the recipe's name)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key (repeatable)."),
+    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+):
+    """Serve the recipe as a Prefect deployment on a cron schedule, from this process.
+
+    Every scheduled run resumes the same run: shards already stored are skipped, so each run
+    generates only for problems added to the dataset since the last one. Runs (and a manual
+    `prefect deployment run generate/NAME`) show in the Prefect UI of the server PREFECT_API_URL names.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        fail(f"--cron {cron!r} is not a cron expression (e.g. \"0 * * * *\")")
+    rcp, backend, problems = prepare(recipe, set_, limit, warehouse)
+    from distill.flows.generate import generate, run_id_for, task_runner_for
+
+    run_id = run_id_for(rcp)
+    deployment = name or rcp.name
+    err.print(f"serving [bold]generate/{deployment}[/] on {cron!r}: run {run_id}, {len(problems)} problems now, "
+              f"teacher {rcp.teacher.model} ({backend})", highlight=False)
+    command = shlex.join(["distill", *sys.argv[1:]])
+    generate.with_options(task_runner=task_runner_for(rcp)).serve(
+        name=deployment, cron=cron,
+        parameters={"recipe": rcp.to_dict(), "run_id": run_id, "base_dir": str(recipe.parent.absolute()),
+                    "command": command})
+
+
+def print_funnel(root: str, run_id: str, run: dict) -> None:
+    from distill.warehouse.store import Warehouse
+
+    wh = Warehouse(root)
+    cols, rows = wh.query("SELECT * FROM funnel WHERE run_id = ?", [run_id])
+    f = dict(zip(cols, rows[0])) if rows else {}
+    _, reasons = wh.query("SELECT rejected_by, count(*) FROM traces WHERE run_id = ? AND NOT kept "
+                          "GROUP BY 1 ORDER BY 2 DESC, 1", [run_id])
+    table = Table(title=f"funnel — {run_id}", show_header=True)
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    for label, key in (("problems", "problems"), ("samples", "samples"), ("verified correct", "correct"),
+                       ("unverifiable", "unverifiable"), ("kept", "kept")):
+        table.add_row(label, str(f.get(key, 0)))
+    for reason, count in reasons:
+        table.add_row(f"  rejected: {reason}", str(count))
+    out.print(table)
+    _, steps = wh.query('SELECT stage, "in", dropped, kept, dropped_by_reason FROM filter_funnel '
+                        'WHERE run_id = ? ORDER BY step', [run_id])
+    if steps:
+        by_step = Table(title="by step", show_header=True)
+        for c in ("step", "in", "dropped", "kept", "reasons"):
+            by_step.add_column(c, justify="left" if c in ("step", "reasons") else "right")
+        for stage, n_in, dropped, kept, reasons in steps:
+            by_step.add_row(stage, str(n_in), str(dropped), str(kept),
+                            ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+        out.print(by_step)
+    timings = run.get("timings", {})  # summed over the run's calls, like the tokens
+    tokens = f.get("generated_tokens") or 0  # the teacher's own: copied samples took no generation time
+    gen = timings.get("generate", 0.0)
+    rate = f"{tokens / gen:,.0f} tokens/s" if gen else "no generation time recorded"
+    call = (run.get("calls") or [{}])[-1]  # what this call paid the teacher for, and what it found stored
+    runs = call.get("reused_from") or []
+    origin = f" from {', '.join(runs[:2])}{', …' if len(runs) > 2 else ''}" if runs else ""
+    recovered = f", {call['recovered']} from checkpoints" if call.get("recovered") else ""
+    out.print(f"tokens generated: {tokens:,}  ·  {rate}  ·  wall {timings.get('wall', 0):.1f} s"
+              + (f"  ·  {run['shards_resumed']} of {run['shards']} shards already done" if run.get("shards_resumed") else "")
+              + f"  ·  this call: {call.get('generated', 0)} samples from the teacher, {call.get('reused', 0)} reused"
+              + origin + recovered, highlight=False)
+    out.print(f"query it: distill sql \"select rejected_by, count(*) from traces group by 1\""
+              + ("" if Path(root) == Path("./distill-data") else f" --warehouse {root}"), highlight=False)
+
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, filter_funnel, journeys, runs, evals."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
+                                      "suffix, else table)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file instead of stdout."),
+):
+    """Query the warehouse with SQL (DuckDB dialect, read-only) and print or save the result."""
+    import csv
+    import json
+
+    import duckdb
+
+    from distill.warehouse.store import Warehouse, check_read_only
+
+    fmt = fmt or (out_path.suffix.lstrip(".").lower() if out_path else "table")
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "parquet" and out_path is None:
+        fail("--format parquet needs --out FILE")
+    wh = Warehouse(warehouse)
+    wh.refresh_if_writable()
+    try:
+        if out_path is not None and fmt in ("parquet", "csv", "json"):
+            con = wh.connect(read_only=True)
+            try:
+                check_read_only(con, query)
+                # COPY writes the file from inside DuckDB: no detour through Python objects
+                options = {"parquet": "FORMAT parquet", "csv": "FORMAT csv, HEADER",
+                           "json": "FORMAT json, ARRAY true"}[fmt]
+                target = str(out_path).replace("'", "''")
+                con.execute(f"COPY ({query.rstrip().rstrip(';')}) TO '{target}' ({options})")
+                count = con.execute(f"SELECT count(*) FROM ({query.rstrip().rstrip(';')})").fetchone()[0]
+            finally:
+                con.close()
+            err.print(f"{count} row{'s' if count != 1 else ''} → {out_path}")
+            return
+        cols, rows = wh.query(query)
+    except duckdb.Error as e:
+        fail(str(e).splitlines()[0])
+    if fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif fmt == "json":
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, ensure_ascii=False, indent=1))
+    else:
+        print_rows(cols, rows, null="NULL")
+        err.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+def print_rows(cols: list[str], rows: list[tuple], null: str = "") -> None:
+    table = Table(show_header=True)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[null if v is None else str(v) for v in r])
+    out.print(table)
+
+
+@app.command()
+def runs(warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder.")):
+    """List the runs in the warehouse: status, counts, tokens, wall time."""
+    from distill.warehouse.store import Warehouse
+
+    wh = Warehouse(warehouse)
+    wh.refresh_if_writable()
+    cols, rows = wh.query(
+        "SELECT r.run_id, r.status, r.started_at, r.teacher, f.problems, f.samples, f.correct, f.kept, "
+        "f.completion_tokens AS tokens, round(r.timings.wall, 1) AS wall_s "
+        "FROM runs r LEFT JOIN funnel f USING (run_id) ORDER BY r.started_at")
+    print_rows(cols, rows)
+
+
+@app.command()
+def show(
+    run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+):
+    """What one run did: recipe, command, versions, git revision, timings, tokens and the funnel."""
+    import yaml
+
+    from distill.warehouse.store import Warehouse
+
+    wh = Warehouse(warehouse)
+    run = wh.read_run(run_id)
+    if run is None:
+        known = sorted(p.stem for p in (wh.root / "runs").glob("*.json"))
+        fail(f"no run {run_id!r} in {wh.root} (runs: {', '.join(known) or 'none'})")
+    out.print(f"[bold]{run_id}[/]  {run['status']}  {run['started_at']} → {run.get('finished_at')}", highlight=False)
+    for key in ("command", "backend", "teacher", "git_sha", "error"):
+        if run.get(key):
+            out.print(f"{key}: {run[key]}", highlight=False)
+    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run.get("versions", {}).items())), highlight=False)
+    calls = len(run.get("calls") or [])
+    out.print(f"timings (s{f', summed over {calls} calls' if calls > 1 else ''}): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(run.get("timings", {}).items())), highlight=False)
+    if run.get("filters"):
+        out.print("filter reports: " + json.dumps(run["filters"], default=str), highlight=False)
+    out.print("recipe:", highlight=False)
+    out.print(yaml.safe_dump(run["recipe"], sort_keys=False).rstrip(), highlight=False, markup=False)
+    print_funnel(str(warehouse), run_id, run)
+
+
+@app.command()
+def export(
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the dataset to (data/*.parquet + README.md)."),
+    runs_: Optional[str] = typer.Option(None, "--runs", help="Comma-separated run ids (default: all runs)."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate on traces, e.g. \"completion_tokens < 500\"."),
+    variant: str = typer.Option("shortcut", "--variant", help="shortcut (correct paths only) | journey "
+                                "(wrong path, noticed, then a correct path) | mixed (both)."),
+    test_size: float = typer.Option(0.0, "--test-size", help="Share of problems in a test split (0 = train only)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
+    max_wrong: int = typer.Option(1, "--max-wrong", help="journey: most wrong paths before the correct one."),
+    hub: Optional[str] = typer.Option(None, "--hub", help="Also push to this Hugging Face dataset repo (org/name)."),
+    private: bool = typer.Option(False, "--private", help="With --hub: create the repo private."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an earlier export included)."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+):
+    """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
+    from distill.warehouse.export import export as do_export, push_to_hub
+    from distill.warehouse.store import Warehouse
+
+    wh = Warehouse(warehouse)
+    wh.refresh_if_writable()
+    command = shlex.join(["distill", *sys.argv[1:]])
+    result = do_export(warehouse, out_dir, runs=[r.strip() for r in runs_.split(",") if r.strip()] if runs_ else None,
+                       where=where, variant=variant, test_size=test_size, seed=seed, max_wrong=max_wrong,
+                       command=command, overwrite=overwrite)
+    out.print(f"exported {', '.join(f'{k}: {v} rows' for k, v in result.splits.items())} → {result.out} "
+              f"(card: {result.out / 'README.md'})", highlight=False)
+    if hub:
+        try:
+            url = push_to_hub(result.out, hub, private=private)
+        except Exception as e:  # huggingface_hub raises many types; its messages never carry the token
+            fail(f"push to {hub} failed: {str(e).splitlines()[0]}")
+        out.print(f"pushed → {url}", highlight=False)
+
+
+@app.command()
+def journeys(
+    run_id: str = typer.Argument(..., help="Run whose samples to build journeys from (see `distill runs`)."),
+    mode: str = typer.Option("template", "--mode", help="template (reflection + a correct sample) | teacher (the "
+                             "run's teacher continues each wrong path; kept if the continuation verifies)."),
+    max_wrong: Optional[int] = typer.Option(None, "--max-wrong", help="Most wrong branches per journey "
+                                            "(default: the run's recipe, journey_max_wrong)."),
+    per_problem: Optional[int] = typer.Option(None, "--per-problem", help="Most journeys per problem "
+                                              "(default: the run's recipe, journey_per_problem)."),
+    journey_recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the journey_* keys (prompt, worked "
+                                                  "corrections, caps) from this recipe instead of the run's."),
+    batch: int = typer.Option(64, "--batch", help="teacher: wrong paths sent to the teacher at once; finished "
+                              "journeys are saved after each batch, so a crash loses at most one."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+):
+    """Build journey rows (kind = journey: a wrong path, noticed, then a right one) from a run's samples."""
+    from distill.flows.journey import build_journeys, recipe_of_run
+
+    if (max_wrong is not None and max_wrong < 1) or (per_problem is not None and per_problem < 1):
+        raise DistillError("--max-wrong and --per-problem must be >= 1")
+    rcp = recipe_of_run(warehouse, run_id)
+    if journey_recipe:
+        from distill.flows.recipe import load_recipe
+
+        other = load_recipe(journey_recipe)
+        rcp = rcp.replace(**{k: v for k, v in other.journeys.model_dump().items() if k != "journey"})
+    stats = build_journeys(rcp, run_id, mode, max_wrong=max_wrong, per_problem=per_problem, batch=batch)
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected"].items())) or "none"
+    out.print(f"{mode} journeys for {run_id}: {stats['built']} built, {stats['reused']} already stored "
+              f"({stats['asked']} teacher prompts); {stats['journeys']} stored, {stats['kept']} kept over "
+              f"{stats['problems_kept']} problems (rejected: {rejected}) in {stats['seconds']} s", highlight=False)
+    out.print(f"see them: distill sql \"select * from journeys\"; train on them: distill export --variant journey",
+              highlight=False)
+
+
+@app.command()
+def pipeline(
+    recipe: Path = typer.Argument(..., help="Pipeline recipe YAML, e.g. recipes/pipeline-default.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a pipeline key: --set eval_n=8 (repeatable)."),
+):
+    """Generate → journeys → export → train students → evaluate base vs students on held-out problems."""
+    from distill.flows.pipeline import run_pipeline
+    from distill.config import parse_set
+
+    summary = run_pipeline(recipe, parse_set(set_))
+    from distill.flows.pipeline import results_markdown
+
+    out.print(results_markdown(summary), highlight=False, markup=False)
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Training recipe YAML, e.g. recipes/train-default.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a training key: --set max_steps=20 (repeatable)."),
+):
+    """Fine-tune a student on distilled traces (TRL SFT; full or LoRA; loss on the assistant's tokens)."""
+    from distill.config import parse_set
+    from distill.trainers.sft import load_train_config, train as do_train
+
+    cfg = load_train_config(recipe, parse_set(set_))
+    result = do_train(cfg)
+    losses = result["losses"]
+    out.print(f"trained {result['global_step']} steps on {result['examples']} examples"
+              + (f"; loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else "")
+              + f"; model in {result['output_dir']}", highlight=False)
+    out.print(f"evaluate it: distill eval --model {result['output_dir']} --benchmark addition", highlight=False)
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., "--model", help="Model to evaluate: an alias, a local path (e.g. a trained "
+                              "student) or a Hugging Face id."),
+    benchmark: str = typer.Option(..., "--benchmark", help="gsm8k | math500 | addition (shipped slices), or a "
+                                  "dataset file / Hub id."),
+    n: int = typer.Option(4, "--n", help="Samples per problem (pass@1 is averaged over them)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Votes for maj@k (default: n)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
+    backend: str = typer.Option("auto", "--backend", help="auto | vllm | transformers."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per sample."),
+    temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature."),
+    recipe: Optional[Path] = typer.Option(None, "--prompt-from", help="Use this recipe's system prompt, few-shot "
+                                          "turns and prompt_template (default: the bare question, zero-shot)."),
+    question_field: str = typer.Option("question", "--question-field", help="For a dataset file: question column."),
+    answer_field: str = typer.Option("answer", "--answer-field", help="For a dataset file: answer column."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Where the result is stored."),
+):
+    """Evaluate a model: pass@1 over n samples and maj@k, with the same verifier as the data; stores the result."""
+    from distill.flows.recipe import load_recipe
+    from distill.generators.models import check_model_name
+    from distill.trainers.evaluate import benchmark_problems, evaluate, save
+    from distill.warehouse.store import Warehouse
+
+    if k is not None and not 1 <= k <= n:
+        fail(f"--k must be between 1 and --n ({n}), got {k}")
+    check_model_name(model)
+    rcp = load_recipe(recipe) if recipe else None
+    problems = benchmark_problems(benchmark, limit, question_field=question_field, answer_field=answer_field)
+    result = evaluate(model, benchmark, problems, n=n, k=k, backend=backend, max_tokens=max_tokens,
+                      temperature=temperature, system_prompt=rcp.prompt.system_prompt if rcp else None,
+                      few_shot=rcp.prompt.few_shot if rcp else None,
+                      prompt_template=rcp.prompt.prompt_template if rcp else "{question}")
+    path = save(result, warehouse)
+    Warehouse(warehouse).refresh()
+    table = Table(title=f"{model} on {benchmark} ({result.problems} problems, n={result.n})", show_header=True)
+    for c in ("metric", "value", "95% CI"):
+        table.add_column(c)
+    table.add_row("pass@1", f"{result.pass_at_1:.3f}", f"{result.pass_at_1_ci[0]:.3f}–{result.pass_at_1_ci[1]:.3f}")
+    table.add_row(f"maj@{result.k}", f"{result.maj_at_k:.3f}", f"{result.maj_at_k_ci[0]:.3f}–{result.maj_at_k_ci[1]:.3f}")
+    table.add_row("answers boxed", f"{result.boxed_rate:.3f}", "")
+    out.print(table)
+    if result.boxed_rate == 0:
+        err.print("hint: no answer was in \\boxed{}, so strict pass@1 (right and boxed) is 0: the model has not "
+                  "learned the answer format; a student needs more training steps, a base model the format shown "
+                  "(--prompt-from recipes/default.yaml).", highlight=False, markup=False)
+    err.print(f"stored: {path} (distill sql \"select * from evals\")", highlight=False)
+
+
+def read_stdin(what: str) -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        fail(f"{what} on stdin is not UTF-8 (byte {e.start}: {e.reason})")
+
+
+@app.command()
+def verify(
+    verifier: str = typer.Option("math", "--verifier", help="Verifier name: math, code, countdown, format."),
+    reference: str = typer.Option("", "--reference", help="The reference answer (for code: JSON with tests)."),
+):
+    """Check one completion (read from stdin) by hand; prints the verdict as JSON."""
+    import json
+
+    from distill.verifiers import get_verifier
+
+    fn = get_verifier(verifier)
+    print(json.dumps(fn(read_stdin("the completion"), reference or None).as_dict(), ensure_ascii=False))
+
+
+@app.command()
+def score(
+    filter_name: str = typer.Argument(..., metavar="FILTER", help="Filter name, e.g. language, repetition."),
+    set_: list[str] = typer.Option([], "--set", help="Override a filter parameter: --set target=zh (repeatable)."),
+):
+    """Score one reasoning text (read from stdin) with a filter (default thresholds unless --set)."""
+    import json
+
+    from distill import filters
+    from distill.config import parse_set
+    from distill.warehouse.schema import Trace
+
+    f = filters.make_filter(filter_name, **parse_set(set_))
+    text = read_stdin("the reasoning")
+    trace = Trace(trace_id="-", run_id="-", problem_id="-", sample_index=0, source="stdin", domain="math",
+                  prompt=[], reference=None, teacher="-", backend="-", sampling="{}", completion=text,
+                  reasoning=text, answer="", finish_reason=None)
+    f.prepare([trace])
+    value = f.score(trace)
+    kept, reason = f.decide(value)
+    print(json.dumps({"score": value, "kept": kept, "reason": reason}))
+
+
+def write_page(warehouse: Path, what: str, render) -> None:
+    """Bring the views up to date, render, and say where the page went; bad run ids are one line."""
+    import duckdb
+
+    from distill.warehouse.store import Warehouse
+
+    try:
+        Warehouse(warehouse).refresh_if_writable()
+        path = render()
+    except duckdb.Error as e:
+        fail(f"the warehouse at {warehouse} cannot be read: {str(e).splitlines()[0]}")
+    out.print(f"{what} → {path}", highlight=False)
+
+
+@app.command()
+def report(
+    run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+):
+    """One run as a self-contained HTML page (no network needed to view it): summary, funnel, reasoning
+    lengths, pass rates, language consistency, duplicates, decontamination, tokens and cost, throughput,
+    and sample traces. `distill run` writes the same page to <warehouse>/reports/RUN_ID.html."""
+    from distill.warehouse.report import write_report
+
+    write_page(warehouse, "report", lambda: write_report(warehouse, run_id, out_path))
+
+
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="The first run id (A)."),
+    run_b: str = typer.Argument(..., help="The second run id (B), e.g. another teacher or temperature."),
+    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    out_path: Path = typer.Option(Path("compare.html"), "--out", help="HTML file to write."),
+):
+    """Two runs side by side on one self-contained HTML page: the report's figures for each, and the
+    summary in two columns with the difference B − A."""
+    from distill.warehouse.report import write_compare
+
+    write_page(warehouse, "comparison", lambda: write_compare(warehouse, run_a, run_b, out_path))
+
+
+def main() -> None:
+    """The one place errors become messages: a DistillError is one line and its exit code (2 bad input,
+    3 a partial run); anything else is a bug and keeps its traceback."""
+    try:
+        app()
+    except DistillError as e:
+        err.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Generation recipes: flat YAML read into typed sections.
+
+A recipe file is flat YAML (`n: 8`, `temperature: 0.7`, …): every key belongs to exactly one section,
+so the loader puts it there. A section may also be written as a mapping (`sampling: {n: 8}`). The
+sections say what a key means, and which keys make a run what it is:
+
+- identity: `name` and the sections problems, teacher, prompt, sampling, selection, journeys decide
+  which problems, which samples and which decisions a run has; they are what the run id hashes;
+- execution: the sections serving (which engine serves the teacher, and how) and execution (runners,
+  concurrency of shards, the warehouse) never change a sample or a decision, so changing one keeps
+  the run id and a rerun resumes instead of starting over.
+
+Validation is one place (`distill.config`): strict types, constraints on the fields, a validator where
+a constraint can't say it, and one `ConfigError` line naming the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from distill.config import Config, key, read_config, reference_markdown, write_section
+from distill.errors import ConfigError
+from distill.generators import pick_backend
+from distill.warehouse.journey import TEACHER_PROMPT
+
+Number = int | float  # an int stays an int (a sample's identity hashes the value as written)
+
+
+class Section(Config):
+    what = "recipe"
+
+
+class Problems(Section):
+    """Which problems: the dataset and how to read it."""
+
+    dataset: str = key("builtin:addition",
+                       "Where problems come from: a local .jsonl/.json/.parquet/.csv file (relative to the recipe's "
+                       "folder or the working directory), a Hugging Face dataset id, or builtin:addition.")
+    dataset_split: str = key("train", "Split of a Hub dataset (or key of a JSON file).")
+    dataset_config: str | None = key(None, "Config name of a Hub dataset.")
+    dataset_options: dict = key(help="Options of a built-in task, e.g. {count: 40, digits: [1, 2], seed: 0}.",
+                                factory=dict, expected="a mapping")
+    question_field: str = key("question", "Column holding the problem text.")
+    answer_field: str = key("answer", "Column holding the reference answer.")
+    answer_format: str = key("auto", "auto | gsm8k | raw. gsm8k takes the text after '####'; auto does so when it "
+                                     "is there.")
+    domain: str = key("math", "Domain label stored on every trace.")
+    limit: int | None = key(None, "Use only the first N problems.", expected="a whole number >= 1", ge=1)
+
+
+class Teacher(Section):
+    """Which model writes the samples (part of every sample's identity)."""
+
+    model: str = key("smollm2-135m", "Teacher: an alias (smollm2-135m, the embedded default), a Hugging Face id or "
+                                     "a local path.")
+
+
+class Prompt(Section):
+    """What the teacher is shown: system prompt, worked examples, the user turn."""
+
+    system_prompt: str | None = key(None, "System message of every prompt.")
+    few_shot: list = key(help="Example turns shown before each problem: a list of {question, answer}.", factory=list)
+    prompt_template: str = key("{question}", "User message; {question} is replaced.")
+
+    @field_validator("few_shot")
+    @classmethod
+    def _few_shot(cls, v):
+        if any(not isinstance(s, dict) or set(s) != {"question", "answer"} for s in v):
+            raise ValueError("a list of {question: ..., answer: ...}")
+        return v
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v):
+        if "{question}" not in v:
+            raise ValueError("a string containing {question}")
+        return v
+
+
+class Sampling(Section):
+    """How samples are drawn (R1 release defaults). All but `n` are part of every sample's identity."""
+
+    n: int = key(4, "Samples per problem.", expected="a whole number >= 1", ge=1)
+    temperature: Number = key(0.6, "Sampling temperature (R1: 0.6).", expected="a number >= 0", ge=0)
+    top_p: Number = key(0.95, "Nucleus sampling (R1: 0.95).", expected="a number in (0, 1]", gt=0, le=1)
+    max_tokens: int = key(1024, "Most new tokens per sample; longer ones are truncated.",
+                          expected="a whole number >= 1", ge=1)
+    seed: int = key(0, "Sampling seed.")
+    stop: list = key(help="Extra stop strings.", factory=list)
+
+
+class Selection(Section):
+    """What is kept: the verifier, the filters and their thresholds, rejection sampling per problem."""
+
+    verifier: str = key("math", "Verifier of the answers (math).")
+    filters: list = key(help="Filters in order: names, or {name: {param: value}}. The first that drops a sample "
+                             "names it.", factory=lambda: ["truncation", "rejection"])
+    keep_per_problem: int | None = key(None, "Rejection sampling: keep at most this many accepted samples per "
+                                             "problem (null = all).", expected="a whole number >= 1 or null", ge=1)
+    prefer: Literal["first", "shortest", "diverse"] = key(
+        "first", "Which accepted samples fill keep_per_problem: first | shortest | diverse.",
+        expected="first, shortest or diverse")
+    pass_rate_min: Number | None = key(None, "Drop problems whose pass rate (correct / samples) is below this "
+                                             "(too hard).", expected="a number in [0, 1] or null", ge=0, le=1)
+    pass_rate_max: Number | None = key(None, "Drop problems whose pass rate is above this (too easy).",
+                                       expected="a number in [0, 1] or null", ge=0, le=1)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, v):
+        if any(not (isinstance(s, str) or (isinstance(s, dict) and len(s) == 1)) for s in v):
+            raise ValueError("a list whose entries are each a filter name or {name: {params}}")
+        return v
+
+
+class Journeys(Section):
+    """Journey-learning rows: a wrong path, noticed, then a right one."""
+
+    journey: Literal["template", "teacher"] | None = key(
+        None, "After sampling, build journey rows (a wrong path, noticed, then a right one): null | template "
+              "(a reflection grounded in the verifier's finding, then a correct sample) | teacher (the teacher is "
+              "shown the wrong path and continues; kept only if the continuation verifies).",
+        expected="null, template or teacher")
+    journey_max_wrong: int = key(2, "Most wrong branches in one journey (teacher: rounds of asking again after a "
+                                    "wrong continuation).", expected="a whole number >= 1", ge=1)
+    journey_per_problem: int = key(2, "Most journeys started per problem.", expected="a whole number >= 1", ge=1)
+    journey_n: int = key(1, "teacher mode: continuations sampled per wrong path and round; the first that "
+                            "verifies is kept.", expected="a whole number >= 1", ge=1)
+    journey_prompt: str = key(TEACHER_PROMPT, "teacher mode: the user turn showing the wrong path; {question} and "
+                                              "{attempt} are replaced.")
+    journey_few_shot: list = key(help="teacher mode: worked corrections shown first, a list of {question, attempt, "
+                                      "answer} (the answer continues the attempt: reasoning, </think>, final "
+                                      "answer).", factory=list)
+
+    @field_validator("journey_prompt")
+    @classmethod
+    def _prompt(cls, v):
+        if "{attempt}" not in v or "{question}" not in v:
+            raise ValueError("a string containing {question} and {attempt}")
+        return v
+
+    @field_validator("journey_few_shot")
+    @classmethod
+    def _few_shot(cls, v):
+        if any(not isinstance(s, dict) or set(s) != {"question", "attempt", "answer"} for s in v):
+            raise ValueError("a list of {question: ..., attempt: ..., answer: ...}")
+        return v
+
+
+class Serving(Section):
+    """How the teacher is served: the engine and its settings, or the API server. Never part of a sample's
+    identity: the model is the same model whichever engine, precision or server runs it."""
+
+    backend: str = key("auto", "auto | vllm | transformers | openai. auto = openai when api_base is set, else vllm "
+                               "if installed, else transformers.")
+    dtype: str = key("bfloat16", "Weights dtype for the teacher.")
+    max_model_len: int | None = key(None, "vLLM context length (prompt + output).")
+    gpu_memory_utilization: Number | None = key(None, "vLLM memory share; default 0.9 on GPU, 0.4 on CPU.")
+    tensor_parallel_size: int = key(1, "vLLM tensor parallel size (GPUs per engine).",
+                                    expected="a whole number >= 1", ge=1)
+    api_base: str | None = key(None, "backend openai: the server's base URL, e.g. http://127.0.0.1:8000/v1 or "
+                                     "https://api.deepseek.com/v1.")
+    api_key_env: str = key("OPENAI_API_KEY", "backend openai: name of the environment variable holding the API key "
+                                             "(never logged or stored).")
+    api_mode: Literal["chat", "completions"] = key(
+        "chat", "backend openai: chat (/v1/chat/completions) | completions (/v1/completions, chat template applied "
+                "locally).", expected="chat or completions")
+    tokenizer: str | None = key(None, "backend openai, api_mode completions: alias, path or id whose chat template "
+                                      "builds the prompt (default: model).")
+    api_send_seed: bool = key(True, "backend openai: send a per-sample seed (turn off for servers that reject or "
+                                    "crash on seeds).")
+    concurrency: int = key(16, "backend openai: requests in flight at once.", expected="a whole number >= 1", ge=1)
+    request_timeout: Number = key(600.0, "backend openai: seconds per request (long CoT takes minutes).",
+                                  expected="a number of seconds > 0", gt=0)
+    max_retries: int = key(6, "backend openai: retries on 429/5xx/timeouts/dropped connections, with backoff and "
+                              "jitter.", expected="a whole number >= 0", ge=0)
+    price_input_per_mtok: Number | None = key(None, "USD per million prompt tokens; with the output price, cost is "
+                                                    "recorded per sample and run.")
+    price_output_per_mtok: Number | None = key(None, "USD per million completion tokens.")
+
+
+class Execution(Section):
+    """Where and how the work runs, and where it is stored. Never part of a run's identity."""
+
+    verify_workers: int = key(2, "Processes for verification of large batches.", expected="a whole number >= 1",
+                              ge=1)
+    task_runner: Literal["threads", "dask", "ray"] = key(
+        "threads", "threads | dask | ray: where shard tasks run. dask without dask_address starts a local cluster.",
+        expected="threads, dask or ray")
+    parallel_shards: int = key(2, "Shards in flight (threads, or local Dask workers). One engine per process serves "
+                                  "them in turn.", expected="a whole number >= 1", ge=1)
+    dask_address: str | None = key(None, "Address of an existing Dask scheduler (or Ray cluster) to run shards on.")
+    warehouse: str = key("./distill-data", "Warehouse root folder.")
+    shard_size: int = key(8, "Problems per new shard (one part file). A problem keeps the shard it was first given "
+                             "in a run.", expected="a whole number >= 1", ge=1)
+    checkpoint_seconds: Number = key(30.0, "Finished samples are written to a checkpoint at least this often while "
+                                           "a shard generates (0 = every sample as it finishes): a crash loses at "
+                                           "most this much and what was in flight.",
+                                     expected="a number of seconds >= 0", ge=0)
+
+
+# The sections in the order README lists them; the first six (and `name`) are the run's identity.
+SECTIONS: dict[str, type[Section]] = {
+    "problems": Problems, "teacher": Teacher, "prompt": Prompt, "sampling": Sampling, "selection": Selection,
+    "journeys": Journeys, "serving": Serving, "execution": Execution,
+}
+IDENTITY_SECTIONS = ("problems", "teacher", "prompt", "sampling", "selection", "journeys")
+SECTION_OF = {k: s for s, cls in SECTIONS.items() for k in cls.model_fields}
+KEYS = ["name", *SECTION_OF]  # every flat key, in order
+EXECUTION_KEYS = frozenset(k for k, s in SECTION_OF.items() if s not in IDENTITY_SECTIONS)
+
+
+class Recipe(Config):
+    """A generation recipe: `name` and one typed section per concern (see the module docstring)."""
+
+    what = "recipe"
+    name: str = key("run", "Name of the recipe; run ids start with it.")
+    problems: Problems = Field(default_factory=Problems)
+    teacher: Teacher = Field(default_factory=Teacher)
+    prompt: Prompt = Field(default_factory=Prompt)
+    sampling: Sampling = Field(default_factory=Sampling)
+    selection: Selection = Field(default_factory=Selection)
+    journeys: Journeys = Field(default_factory=Journeys)
+    serving: Serving = Field(default_factory=Serving)
+    execution: Execution = Field(default_factory=Execution)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_from_flat_keys(cls, data):
+        """Flat keys (what recipe files, --set and stored run records hold) go to their sections."""
+        if not isinstance(data, dict):
+            return data
+        out: dict = {}
+        for k, v in data.items():
+            if k in SECTION_OF:
+                section = out.setdefault(SECTION_OF[k], {})
+                if isinstance(section, dict):
+                    section[k] = v
+            elif k in SECTIONS and isinstance(v, dict):
+                out.setdefault(k, {}).update(v)
+            else:
+                out[k] = v  # `name`, a section given whole (a model), or an unknown key pydantic refuses
+        return out
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return KEYS
+
+    def to_dict(self) -> dict:
+        """The flat mapping a recipe file holds (and run records store)."""
+        flat = {"name": self.name}
+        for s in SECTIONS:
+            flat.update(getattr(self, s).model_dump())
+        return flat
+
+    def filter_specs(self) -> list[tuple[str, dict]]:
+        return [(s, {}) if isinstance(s, str) else (next(iter(s)), next(iter(s.values())) or {})
+                for s in self.selection.filters]
+
+    def identity(self) -> dict:
+        """The keys that make a run what it is: which problems, which samples, which decisions."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+
+    def fingerprint(self) -> str:
+        """Same problems, samples and decisions, same fingerprint: a rerun lands in the same run and resumes it,
+        whatever changed in how or where it runs (the serving and execution sections)."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+
+    def backend_name(self) -> str:
+        """`auto` is the openai backend when the recipe names a server, else vllm if installed, else transformers."""
+        s = self.serving
+        return "openai" if s.backend == "auto" and s.api_base else pick_backend(s.backend)
+
+    def teacher_settings(self) -> dict:
+        """What a teacher backend may take from the recipe (each backend picks the keys it declares)."""
+        return {"model": self.teacher.model, "seed": self.sampling.seed, **self.serving.model_dump()}
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    data = read_config(path, [*KEYS, *SECTIONS], overrides)
+    data.setdefault("name", Path(path).stem)
+    return Recipe.build(data)
+
+
+def recipe_reference() -> str:
+    """README's recipe reference: one table per section, generated from the fields."""
+    parts = []
+    for name, cls in {"run": None, **SECTIONS}.items():
+        fields = {"name": Recipe.model_fields["name"]} if cls is None else cls.model_fields
+        kind = ("identity" if name == "run" or name in IDENTITY_SECTIONS else "execution: never changes the run id")
+        doc = "The run's name." if cls is None else " ".join((cls.__doc__ or "").split())
+        parts.append(f"**{name}** ({kind}). {doc}\n\n{reference_markdown(fields)}")
+    return "\n\n".join(parts)
+
+
+def write_readme_reference(readme: Path) -> bool:
+    """Rewrite README's recipe reference between its markers; True if it changed."""
+    return write_section(readme, "recipe-reference", recipe_reference())
+
+
+def check_openai(recipe: Recipe) -> None:
+    if recipe.backend_name() == "openai" and not recipe.serving.api_base:
+        raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
+
+
+if __name__ == "__main__":  # python -m distill.flows.recipe: refresh README.md's recipe reference
+    print("README.md updated" if write_readme_reference(Path("README.md")) else "README.md already current")
