@@ -132,7 +132,7 @@ def serve(
     command = shlex.join(["distill", *sys.argv[1:]])
     generate.with_options(task_runner=task_runner_for(rcp)).serve(
         name=deployment, cron=cron,
-        parameters={"recipe": rcp.to_dict(), "run_id": run_id, "base_dir": str(recipe.parent.absolute()),
+        parameters={"recipe": rcp.model_dump(), "run_id": run_id, "base_dir": str(recipe.parent.absolute()),
                     "command": command})
 
 

@@ -1,4 +1,0 @@
-"""`python -m distill …` is the `distill` command."""
-from distill.flows.cli import main
-
-main()
