@@ -6,8 +6,8 @@ Synthetic long-CoT-shaped traces (200–600 words of reasoning from a 2,000-word
 numbers) in groups of `--per-problem` samples per problem. Planted in each group: exact copies of an
 earlier sample (whitespace changed) and near copies (1–6 words replaced, true Jaccard on 5-word
 shingles about 0.75–0.97). Both implementations score the same traces, in shards of one problem
-group, through `apply_filters` as a run does. Prints traces/s of each and the ratio; which traces each
-flags (both, only one); and, against the true Jaccard similarity of the shingle sets, recall on the
+group, through `apply_filters` as a run does, `--repeat` times alternated. Prints traces/s of each
+(its fastest run) and the ratio; which traces each flags (both, only one); and, against the true Jaccard similarity of the shingle sets, recall on the
 planted near duplicates at or above the threshold and the traces flagged below it.
 """
 from __future__ import annotations
@@ -167,10 +167,11 @@ def true_best(traces: list[Trace], scope: str) -> dict[str, float]:
 
 
 def run(f: Filter, traces: list[Trace], per_problem: int) -> tuple[float, dict[str, float]]:
-    traces = copy.deepcopy(traces)
+    traces = copy.deepcopy(traces)  # each implementation scores fresh traces
+    shards = [traces[i:i + per_problem] for i in range(0, len(traces), per_problem)]  # one per problem, as a run's
     t0 = time.perf_counter()
-    for i in range(0, len(traces), per_problem):  # one shard per problem group, as a run's batches
-        apply_filters(traces[i:i + per_problem], [f])
+    for shard in shards:
+        apply_filters(shard, [f])
     return time.perf_counter() - t0, {t.trace_id: t.scores["dedup"] for t in traces}
 
 
@@ -180,15 +181,20 @@ def main() -> None:
     ap.add_argument("--per-problem", type=int, default=8)
     ap.add_argument("--scope", choices=["problem", "dataset"], default="problem")
     ap.add_argument("--threshold", type=float, default=0.85)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each, alternated; the fastest counts")
     args = ap.parse_args()
     traces, planted = make_traces(args.traces, args.per_problem)
     thr = args.threshold
 
+    makers = {"baseline (hand-written)": lambda: BaselineDedup(scope=args.scope, threshold=thr),
+              "filters/dedup.py": lambda: make_filter("dedup", scope=args.scope, threshold=thr)}
     results = {}
-    for name, make in (("baseline (hand-written)", lambda: BaselineDedup(scope=args.scope, threshold=thr)),
-                       ("filters/dedup.py", lambda: make_filter("dedup", scope=args.scope, threshold=thr))):
+    for make in makers.values():
         run(make(), traces[:2 * args.per_problem], args.per_problem)  # imports and first calls are not throughput
-        results[name] = run(make(), traces, args.per_problem)
+    for _ in range(args.repeat):  # alternated, and the fastest run kept: the machine is shared
+        for name, make in makers.items():
+            s, scores = run(make(), traces, args.per_problem)
+            results[name] = (min(s, results.get(name, (s,))[0]), scores)
 
     words = sum(len(t.reasoning.split()) for t in traces) / len(traces)
     near = sum(1 for v in planted.values() if v == "near")
@@ -201,8 +207,9 @@ def main() -> None:
     flagged = {name: {k for k, v in scores.items() if v >= thr} for name, (_, scores) in results.items()}
     a, b = flagged[base_name], flagged[new_name]
     print(f"flagged (score >= {thr}): {len(a & b)} by both, {len(a - b)} by the baseline only, "
-          f"{len(b - a)} by filters/dedup.py only; exact duplicates (score 1.0) identical: "
-          f"{ {k for k, v in base_scores.items() if v == 1.0} == {k for k, v in new_scores.items() if v == 1.0} }")
+          f"{len(b - a)} by filters/dedup.py only; exact duplicates (score 1.0): "
+          f"{sum(v == 1.0 for v in base_scores.values())} and {sum(v == 1.0 for v in new_scores.values())} "
+          "(a copy of a near copy is exact where that near copy was missed and so indexed)")
     if args.scope == "problem":
         truth = true_best(traces, args.scope)
         should = {k for k, v in planted.items() if v == "near" and 0.999 > truth[k] >= thr}
