@@ -1,6 +1,6 @@
 """Exact and near-duplicate reasoning, within a problem or across the whole run.
 
-Exact: a hash of the whitespace-normalized reasoning. Near: MinHash signatures over word shingles,
+Exact: a hash of the whitespace-normalized reasoning. Near: datasketch MinHash over word shingles,
 with LSH banding so a trace is compared only with the few earlier traces that share a band, not with
 all of them. The first occurrence is kept; the filter object lives for the whole run, so traces are
 compared across shards too.
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict
+import zlib
 
-import numpy as np
+from datasketch import MinHash, MinHashLSH
 
 from distill.errors import ConfigError
 from distill.filters.base import Filter, register_filter
@@ -22,64 +22,30 @@ from distill.warehouse.schema import Trace
 
 NEAR_MAX = 0.999  # 1.0 means exact; an estimate of 1.0 for texts that differ is reported below it
 _WORD = re.compile(r"\w+")
-_MASK32 = np.uint64(0xFFFFFFFF)
 
 
-def _h64(s: str) -> int:
-    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-
-
-class MinHasher:
-    """MinHash over word k-shingles with a fixed seed: the same text always gets the same signature."""
-
-    def __init__(self, num_perm: int = 128, shingle: int = 5, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        # h(x) = ((a*x + b) mod 2^64) >> 32 with odd a: multiply-shift hashing, one (a, b) per permutation
-        self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
-        self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-        self.shingle = shingle
-
-    def shingles(self, text: str) -> np.ndarray:
-        words = _WORD.findall(text.lower())
-        ids = {w: _h64(w) for w in set(words)}
-        h = np.array([ids[w] for w in words] or [0], dtype=np.uint64)
-        k = min(self.shingle, len(h))
-        m = len(h) - k + 1
-        acc = np.zeros(m, dtype=np.uint64)
-        for j in range(k):  # polynomial hash of each window of k word hashes (wraps mod 2^64)
-            acc = acc * np.uint64(1_000_003) + h[j:j + m]
-        return np.unique(acc)
-
-    def signature(self, text: str) -> np.ndarray:
-        x = self.shingles(text)
-        sig = np.full(len(self.a), np.iinfo(np.uint32).max, dtype=np.uint32)
-        for i in range(0, len(x), 4096):  # bounded memory for very long traces
-            hv = (x[i:i + 4096, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
-            sig = np.minimum(sig, (hv & _MASK32).min(axis=0).astype(np.uint32))
-        return sig
+def shingles(text: str, k: int = 5) -> set[bytes]:
+    """The lowercased word k-grams of a text (the whole text as one gram when it is shorter)."""
+    words = _WORD.findall(text.lower())
+    k = max(1, min(k, len(words)))
+    return {" ".join(words[i:i + k]).encode() for i in range(max(1, len(words) - k + 1))}
 
 
 class _Index:
-    """The first occurrences seen in one scope: exact hashes, signatures and LSH buckets."""
+    """The first occurrences seen in one scope: exact hashes, and MinHashes in an LSH index."""
 
-    def __init__(self, bands: int):
+    def __init__(self, num_perm: int, bands: int):
         self.exact: set[bytes] = set()
-        self.sigs: list[np.ndarray] = []
-        self.buckets: list[dict[bytes, list[int]]] = [defaultdict(list) for _ in range(bands)]
+        self.sigs: list[MinHash] = []
+        self.lsh = MinHashLSH(num_perm=num_perm, params=(bands, num_perm // bands))
 
-    def _keys(self, sig: np.ndarray):
-        rows = len(sig) // len(self.buckets)
-        return [sig[i * rows:(i + 1) * rows].tobytes() for i in range(len(self.buckets))]
+    def best(self, sig: MinHash) -> float:
+        """Highest estimated Jaccard similarity to an indexed MinHash sharing at least one band."""
+        return max((sig.jaccard(self.sigs[j]) for j in self.lsh.query(sig)), default=0.0)
 
-    def best(self, sig: np.ndarray) -> float:
-        """Highest estimated Jaccard similarity to an indexed signature sharing at least one band."""
-        candidates = {j for band, key in zip(self.buckets, self._keys(sig)) for j in band.get(key, ())}
-        return max((float(np.mean(self.sigs[j] == sig)) for j in candidates), default=0.0)
-
-    def add(self, digest: bytes, sig: np.ndarray) -> None:
+    def add(self, digest: bytes, sig: MinHash) -> None:
         self.exact.add(digest)
-        for band, key in zip(self.buckets, self._keys(sig)):
-            band[key].append(len(self.sigs))
+        self.lsh.insert(len(self.sigs), sig, check_duplication=False)
         self.sigs.append(sig)
 
 
@@ -100,8 +66,12 @@ class Dedup(Filter):
             raise ConfigError(f"dedup filter: bands must divide num_perm, got bands={bands}, num_perm={num_perm}")
         # 16 bands of 8 rows: a pair at Jaccard 0.85 shares a band with probability 99.4%, a pair at
         # 0.5 with 6%, so almost all true near duplicates are found and few others are compared.
-        self.scope, self.threshold, self.bands = scope, threshold, bands
-        self.hasher = MinHasher(num_perm, shingle, seed)
+        self.scope, self.threshold, self.num_perm, self.bands, self.shingle = scope, threshold, num_perm, bands, shingle
+        # crc32 (C, no Python wrapper) hashes a shingle several times faster than datasketch's default
+        # sha1; a plain checksum is enough because the affine32 scheme mixes every input hash (MurmurHash3's
+        # finalizer) before permuting it. Named, so a new datasketch default never changes stored scores.
+        # The one MinHash is copied per trace: its permutations are made once.
+        self._empty = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32, scheme="affine32")
         self._indexes: dict[str, _Index] = {}
         self._first: dict[str, float] = {}  # trace_id -> score of each indexed trace: scoring twice is safe
 
@@ -111,10 +81,11 @@ class Dedup(Filter):
         text = trace.reasoning or trace.completion or ""
         digest = hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
         key = trace.problem_id if self.scope == "problem" else ""
-        index = self._indexes.get(key) or self._indexes.setdefault(key, _Index(self.bands))
+        index = self._indexes.get(key) or self._indexes.setdefault(key, _Index(self.num_perm, self.bands))
         if digest in index.exact:
             return 1.0
-        sig = self.hasher.signature(text)
+        sig = self._empty.copy()
+        sig.update_batch(shingles(text, self.shingle))
         s = min(index.best(sig), NEAR_MAX)
         # an earlier filter's reject is never anyone's first occurrence
         if s < self.threshold and trace.kept is not False:

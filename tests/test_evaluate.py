@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from distill.trainers.evaluate import EvalResult, benchmark_problems, majority, mean_ci, save
+from distill.trainers.evaluate import EvalResult, benchmark_problems, majority, mean_ci, paired_diff_ci, save, wilson
 from distill.warehouse.store import Warehouse
 
 
@@ -19,10 +19,34 @@ def test_majority_tie_goes_to_the_first_seen_and_no_votes_is_wrong():
     assert majority([(None, False), (None, None)]) is False
 
 
-def test_mean_ci_brackets_the_mean():
-    m, (lo, hi) = mean_ci([1.0, 0.0, 1.0, 1.0])
-    assert m == 0.75 and 0.0 <= lo < m < hi <= 1.0
-    assert mean_ci([1.0]) == (1.0, (1.0, 1.0))
+def test_wilson_interval_known_values():
+    assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # not (0, 0), as a normal approximation says
+    assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+
+
+def test_mean_ci_is_wilson_with_problems_as_n():
+    m, ci = mean_ci([1.0, 0.0, 1.0, 1.0])
+    assert m == 0.75 and ci == wilson(3, 4)
+    # pass@1 per problem is a mean over its samples: 4 problems, not 16 samples
+    m, ci = mean_ci([0.75, 0.5, 1.0, 0.75])
+    assert m == 0.75 and ci == wilson(3, 4)
+    assert mean_ci([1.0]) == (1.0, pytest.approx((0.2065, 1.0), abs=1e-4))
+
+
+def test_paired_bootstrap_known_values_and_reproducible():
+    # two problems, gains 0 and 1: resampled means are 0, 0.5, 1 with chances 1/4, 1/2, 1/4
+    assert paired_diff_ci([0.0, 0.0], [0.0, 1.0]) == (0.5, (0.0, 1.0))
+    assert paired_diff_ci([0.5] * 3, [1.0] * 3) == (0.5, (0.5, 0.5))  # the same gain everywhere
+    a = [0.0, 0.25, 0.5, 0.25, 0.0, 1.0, 0.75, 0.5, 0.25, 0.0] * 10
+    b = [0.5, 0.25, 1.0, 0.75, 0.25, 1.0, 0.75, 0.25, 0.75, 0.5] * 10
+    m, (lo, hi) = paired_diff_ci(a, b)
+    assert m == pytest.approx(0.25)
+    # 100 problems: the bootstrap agrees with the normal approximation 0.25 ± 1.96 · 0.2752 / sqrt(100)
+    assert (lo, hi) == pytest.approx((0.196, 0.304), abs=0.005)
+    assert paired_diff_ci(a, b) == (m, (lo, hi))  # seeded
+    with pytest.raises(ValueError, match="same, non-empty set of problems"):
+        paired_diff_ci([0.0], [0.0, 1.0])
 
 
 def test_shipped_benchmarks_load():

@@ -92,3 +92,12 @@ def test_scores_are_deterministic_and_rescoring_is_safe(make_trace):
 def test_bad_scope_is_a_clear_error():
     with pytest.raises(ValueError, match="scope must be 'problem' or 'dataset'"):
         make_filter("dedup", scope="run")
+
+
+def test_bad_threshold_and_bands_are_clear_errors():
+    from distill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"threshold must be within \(0, 1\], got 1.5"):
+        make_filter("dedup", threshold=1.5)
+    with pytest.raises(ConfigError, match="bands must divide num_perm, got bands=5, num_perm=128"):
+        make_filter("dedup", bands=5)

@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 from tqdm import tqdm
 
 from distill.generators import make_teacher
@@ -67,29 +69,42 @@ def majority(votes: list[tuple[str | None, bool | None]]) -> bool | None:
     return next(c for a, c in votes if a == winner)
 
 
-def _mean_half_width(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% normal-approximation interval (problems are the sample unit)."""
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    return m, 1.96 * sd / math.sqrt(len(values))
+Z95 = NormalDist().inv_cdf(0.975)  # 1.95996…
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion of `successes` out of `n` (95% by default)."""
+    if n <= 0:
+        return 0.0, 0.0
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
 
 
 def mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
-    """Mean over problems and a 95% interval, clipped to [0, 1]."""
+    """Mean over problems of per-problem scores in [0, 1] (maj@k: 0 or 1; pass@1: a mean over n samples)
+    and its 95% Wilson interval with problems, not samples, as n: samples of one problem are not
+    independent. A score in [0, 1] with mean p has variance at most p(1 - p), so for pass@1 this errs
+    wide, never narrow, and unlike a bootstrap it does not shrink to a point when every problem scores 0."""
     if not values:
         return 0.0, (0.0, 0.0)
-    m, half = _mean_half_width(values)
-    return m, (max(0.0, m - half), min(1.0, m + half))
+    m = sum(values) / len(values)
+    return m, wilson(sum(values), len(values))
 
 
-def paired_diff_ci(a: list[float], b: list[float]) -> tuple[float, tuple[float, float]]:
-    """Mean of b - a over the same problems and its 95% interval (not clipped): a paired comparison."""
+def paired_diff_ci(a: list[float], b: list[float], *, resamples: int = 10_000,
+                   seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Mean of b - a over the same problems and its 95% paired bootstrap interval (percentile; problems
+    resampled with replacement, seeded so the same scores give the same interval)."""
     if len(a) != len(b) or not a:
         raise ValueError("paired values must cover the same, non-empty set of problems")
-    m, half = _mean_half_width([y - x for x, y in zip(a, b)])
-    return m, (m - half, m + half)
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), size=(min(1000, resamples - i), len(d)))].mean(axis=1)
+                            for i in range(0, resamples, 1000)])  # in blocks: bounded memory for many problems
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), (float(lo), float(hi))
 
 
 def benchmark_problems(benchmark: str, limit: int | None = None, split: str = "test",
