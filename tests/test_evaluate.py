@@ -59,6 +59,7 @@ def test_shipped_benchmarks_load():
     assert len(held_out & train) < len(held_out) // 4  # mostly unseen problems
 
 
+@pytest.mark.slow
 def test_eval_on_the_real_model_stores_a_consistent_result(tmp_path):
     proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--limit", "3", "--n", "2",
                    "--backend", "transformers", "--max-tokens", "24", "--prompt-from", "recipes/default.yaml",
@@ -70,6 +71,7 @@ def test_eval_on_the_real_model_stores_a_consistent_result(tmp_path):
     assert p1 * 6 == pytest.approx(round(p1 * 6))  # a whole number of correct samples out of 6
 
 
+@pytest.mark.slow
 def test_eval_says_why_when_no_answer_is_boxed(tmp_path):
     """Zero-shot, the base model never boxes (FACTS.md: 0.00 boxed): the report says why, in one line."""
     proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--limit", "2", "--n", "1",
@@ -81,6 +83,7 @@ def test_eval_says_why_when_no_answer_is_boxed(tmp_path):
     assert len(hints) == 1 and "\\boxed{}" in hints[0] and "--prompt-from" in hints[0]
 
 
+@pytest.mark.slow
 def test_eval_bad_k_is_one_line(tmp_path):
     proc = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--n", "2", "--k", "3",
                    "--warehouse", str(tmp_path), timeout=60)

@@ -48,6 +48,7 @@ def test_shortcut_export_is_the_messages_shape_with_the_question_only(wh_dir, tm
     assert assistant["content"].startswith("<think>\n") and "\n</think>\n\n\\boxed{" in assistant["content"]
 
 
+@pytest.mark.slow
 def test_round_trip_through_datasets_and_trl_collator(wh_dir, tmp_path):
     import datasets
     from transformers import AutoTokenizer
@@ -128,6 +129,7 @@ def test_refuses_to_replace_a_folder_it_did_not_write(wh_dir, tmp_path):
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_an_earlier_export_is_replaced_only_with_overwrite(wh_dir, tmp_path):
     out = tmp_path / "out"
     run_cli("export", "--out", str(out), "--test-size", "0.5", "--warehouse", str(wh_dir))
@@ -172,6 +174,7 @@ class FakeHub(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_hub_push_over_http_sends_the_files_and_never_shows_the_token(wh_dir, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()

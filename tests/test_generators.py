@@ -30,6 +30,7 @@ def test_unknown_backend_lists_known():
         pick_backend("tpu")
 
 
+@pytest.mark.slow
 def test_transformers_backend_samples_n_and_reports_truncation():
     gen = make_teacher("transformers", resolve_model("smollm2-135m"), seed=0)
     convs = [build_messages(f"What is {a} + 1?") for a in (1, 2)]
@@ -43,6 +44,7 @@ def test_transformers_backend_samples_n_and_reports_truncation():
     assert any(s.finish_reason == "stop" and s.completion_tokens < 200 for s in done)
 
 
+@pytest.mark.slow
 def test_transformers_backend_hands_over_each_batch():
     gen = make_teacher("transformers", resolve_model("smollm2-135m"), seed=0, batch_size=1)
     seen = []
@@ -73,6 +75,7 @@ def few_shot(question: str) -> list[dict]:
                           "in \\boxed{}.", shots)
 
 
+@pytest.mark.slow
 def test_vllm_hands_over_samples_as_they_finish(vllm_gen):
     from vllm import SamplingParams
 
@@ -101,6 +104,7 @@ def test_vllm_hands_over_samples_as_they_finish(vllm_gen):
     assert engine.get_num_unfinished_requests() == 0
 
 
+@pytest.mark.slow
 def test_vllm_on_sample_that_raises_stops_the_call_and_the_engine_stays_usable(vllm_gen):
     engine = vllm_gen.llm.llm_engine
 
@@ -115,6 +119,7 @@ def test_vllm_on_sample_that_raises_stops_the_call_and_the_engine_stays_usable(v
     assert [len(o) for o in out] == [2, 2] and all(x.text and x.error is None for o in out for x in o)
 
 
+@pytest.mark.slow
 def test_vllm_without_enqueue_chat_hands_over_chunks(vllm_gen, monkeypatch):
     """An older vLLM (no LLM.enqueue_chat): LLM.chat in chunks, each handed over when it is done."""
     llm = vllm_gen.llm

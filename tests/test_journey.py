@@ -119,6 +119,7 @@ def test_stored_journeys_are_rows_of_the_run_with_a_view_and_feed_the_export(run
     assert text.index("is not right") < text.index("</think>") and "Let me start over." in text
 
 
+@pytest.mark.slow
 def test_journeys_cli_errors_are_one_line(run_dir):
     proc = run_cli("journeys", "no-such-run", "--warehouse", str(run_dir), timeout=120)
     assert proc.returncode != 0 and "unknown run 'no-such-run'" in proc.stderr
@@ -129,6 +130,7 @@ def test_journeys_cli_errors_are_one_line(run_dir):
         build_journeys(recipe_of_run(run_dir, "run-j"), "run-x", "template")
 
 
+@pytest.mark.slow
 def test_teacher_journeys_on_the_real_model_continue_wrong_paths_and_keep_only_verified_ones(tmp_path):
     wh_dir = tmp_path / "wh"
     proc = run_cli("run", "recipes/default.yaml", "--limit", "8", "--set", "backend=transformers",
@@ -292,6 +294,7 @@ def test_a_second_builder_of_the_same_journeys_is_refused_in_one_line(run_dir):
     assert build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template")["journeys"] == 6
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_teacher_journey_build_then_rerun_equals_an_uninterrupted_build(tmp_path, make_trace):
     """`distill journeys --mode teacher` on the real model, twice over the same stored samples: once left
     alone, once killed (-9, its whole process group) as soon as its first batch is saved, then rerun."""

@@ -127,6 +127,7 @@ def test_sql_example_answers_on_a_real_warehouse(warehouse, query):
     assert cols and rows, "the example answers nothing on a warehouse that has every kind of row"
 
 
+@pytest.mark.slow
 def test_sql_example_runs_through_the_cli(warehouse):
     proc = run_cli("sql", sql_examples()[0], "--format", "csv", "--warehouse", str(warehouse), timeout=120)
     assert proc.returncode == 0, proc.stderr

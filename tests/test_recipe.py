@@ -120,6 +120,7 @@ def test_strict_values_are_one_line_naming_the_key(override, message):
     (["recipes/default.yaml", "--set", "filters=[{decontam: {against: [nope.jsonl]}}]"], "nope.jsonl"),
     (["recipes/default.yaml", "--set", "filters=[sparkle]"], "unknown filter 'sparkle'"),
 ])
+@pytest.mark.slow
 def test_cli_bad_input_fails_fast_with_one_line(tmp_path, args, message):
     proc = run_cli("run", *args, "--warehouse", str(tmp_path / "wh"), timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -128,6 +129,7 @@ def test_cli_bad_input_fails_fast_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "wh").exists()
 
 
+@pytest.mark.slow
 def test_cli_bad_value_keeps_its_quotes_and_misspelling_gets_a_suggestion(tmp_path):
     proc = run_cli("run", "recipes/default.yaml", "--set", "n=abc", "--warehouse", str(tmp_path / "wh"), timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: recipe key 'n': expected a whole number >= 1, got 'abc'"
@@ -136,6 +138,7 @@ def test_cli_bad_value_keeps_its_quotes_and_misspelling_gets_a_suggestion(tmp_pa
     assert proc.stderr.strip() == "error: --set: unknown key 'temprature' — did you mean 'temperature'?"
 
 
+@pytest.mark.slow
 def test_cli_row_without_answer_fails_before_generation(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "What is 2 + 2?"}\n')
@@ -144,6 +147,7 @@ def test_cli_row_without_answer_fails_before_generation(tmp_path):
     assert not (tmp_path / "wh").exists()
 
 
+@pytest.mark.slow
 def test_every_command_has_help():
     for cmd in ([], ["run"], ["sql"]):
         proc = run_cli(*cmd, "--help", timeout=60)
