@@ -28,7 +28,7 @@ demo: install
 # tests/test_report.py renders the HTML report in a real headless browser: Debian's chromium
 test: install
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # The unit tier for the edit loop: no model, no server, no Prefect flow, no CLI subprocess (tests marked
 # `slow` are left out; `make test` runs them all). Under 2 minutes here.

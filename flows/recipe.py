@@ -23,7 +23,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from distill.config import Config, key, read_config, reference_markdown, write_section
-from distill.errors import ConfigError
 from distill.generators import pick_backend
 from distill.warehouse.journey import TEACHER_PROMPT
 
@@ -300,11 +299,6 @@ def recipe_reference() -> str:
 def write_readme_reference(readme: Path) -> bool:
     """Rewrite README's recipe reference between its markers; True if it changed."""
     return write_section(readme, "recipe-reference", recipe_reference())
-
-
-def check_openai(recipe: Recipe) -> None:
-    if recipe.backend_name() == "openai" and not recipe.serving.api_base:
-        raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
 
 
 if __name__ == "__main__":  # python -m distill.flows.recipe: refresh README.md's recipe reference
