@@ -109,7 +109,7 @@ def runs(tmp_path_factory):
     import dataclasses
     import logging
 
-    import flows.generate as g
+    import distill.flows.generate as g
     from distill.errors import BackendError
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

@@ -64,7 +64,7 @@ def teacher(tmp_path):
     """A recipe of its own (8 problems, shards of 2, n 2) and the scripted teacher installed for it."""
     import yaml
 
-    import flows.generate as g
+    import distill.flows.generate as g
     from distill.flows.recipe import load_recipe
 
     (tmp_path / "problems.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
