@@ -341,14 +341,6 @@ def git_sha() -> str | None:
         return None
 
 
-def _calls_before(previous: dict) -> list[dict]:
-    """The calls an existing record describes; a record written before calls were kept is one call."""
-    if "calls" in previous or not previous:
-        return list(previous.get("calls") or [])
-    return [{"started_at": previous.get("started_at"), "finished_at": previous.get("finished_at"),
-             "status": previous.get("status"), "shards_done": None, "timings": previous.get("timings") or {}}]
-
-
 def _total_timings(calls: list[dict]) -> dict[str, float]:
     total: dict[str, float] = {}
     for c in calls:
@@ -389,11 +381,8 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     call = {"started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None, "status": "running",
             "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
             "completion_tokens": 0, "reused_from": []}
-    calls = [*_calls_before(previous), call]
+    calls = [*(previous.get("calls") or []), call]  # read_run gives an older record the current shape
     by_shard = {e["shard"]: e["filters"] for e in previous.get("filters_by_shard") or []}
-    if previous.get("filters") and "filters_by_shard" not in previous:
-        # A record written before reports were kept per shard: its report, of shards unknown, as shard -1.
-        by_shard[-1] = previous["filters"]
     run = {
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
         "status": "running", "started_at": call["started_at"], "finished_at": None,

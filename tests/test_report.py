@@ -23,6 +23,8 @@ import pytest
 from tests.conftest import ROOT, run_cli
 from distill.warehouse.store import Warehouse
 
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
 DUCKS = json.loads((ROOT / "recipes" / "data" / "gsm8k-test-50.jsonl").read_text().splitlines()[0])["question"]
 LONG = " ".join(f"Step {i}: {i} and {i + 7} make {2 * i + 7}, carried over as {i * 3 + 1}." for i in range(60))
 # decontam's eval set is found relative to recipes/, the base folder the runs are given
@@ -327,7 +329,8 @@ def test_decontam_hits_missing_from_the_record_are_said(tmp_path, make_trace):
     wh.write_part("r", 0, [make_trace(trace_id=f"t{i}", run_id="r", sample_index=i, correct=True, kept=False,
                                       rejected_by="contaminated", rejected_stage="decontam",
                                       scores={"decontam": 1.0}) for i in range(2)])
-    wh.write_run({"run_id": "r", "status": "finished", "recipe": {"filters": ["rejection", {"decontam": {
+    # a record written by an earlier version of distill: one filter report, of the shard that finished last
+    write_old_record(wh, {"run_id": "r", "status": "finished", "recipe": {"filters": ["rejection", {"decontam": {
         "against": ["x.jsonl"]}}]}, "filters": {"decontam": {"eval_sets": ["x.jsonl"], "n": 13, "contaminated": []}}})
     wh.refresh()
     text = report_html(wh.root, "r")
@@ -372,14 +375,60 @@ def test_a_resumed_run_recorded_before_calls_were_kept_withholds_its_timings(tmp
     wh = Warehouse(tmp_path / "wh")
     wh.write_part("old", 0, [make_trace(trace_id=f"t{i}", run_id="old", sample_index=i, correct=True, kept=True)
                              for i in range(2)])
-    wh.write_run({"run_id": "old", "status": "finished", "started_at": "2026-11-23T00:00:00+00:00",
-                  "recipe": {"filters": ["rejection"]}, "shards": 2, "shards_resumed": 1,
-                  "timings": {"generate": 2.0, "wall": 3.0}})
+    write_old_record(wh, {"run_id": "old", "status": "finished", "started_at": "2026-11-23T00:00:00+00:00",
+                          "recipe": {"filters": ["rejection"]}, "shards": 2, "shards_resumed": 1,
+                          "timings": {"generate": 2.0, "wall": 3.0}})
     wh.refresh()
     text = report_html(wh.root, "old")
     page = Page(text)
     assert [page.summary[k][0] for k in ("generate_s", "tokens_per_s", "wall_s")] == ["—"] * 3
     assert "timings cover only the last call" in text and "stage (last call only, summed over its shards)" in text
+
+
+def test_a_run_recorded_before_calls_were_kept_and_never_resumed_shows_its_timings(tmp_path, make_trace):
+    from distill.warehouse.report import load, report_html
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.write_part("old", 0, [make_trace(trace_id=f"t{i}", run_id="old", sample_index=i, correct=True, kept=True)
+                             for i in range(2)])
+    write_old_record(wh, {"run_id": "old", "status": "finished", "started_at": "2000-01-01T00:00:00+00:00",
+                          "recipe": {"filters": ["rejection"]}, "shards": 1, "shards_resumed": 0,
+                          "timings": {"generate": 2.0, "wall": 3.0}})
+    wh.refresh()
+    page = Page(report_html(wh.root, "old"))
+    assert [page.summary[k][0] for k in ("generate_s", "wall_s")] == ["2.0 s", "3.0 s"]
+    assert load(wh.root, "old").throughput_origin == "the run's start"  # its one call started the run
+
+
+def write_old_record(wh: Warehouse, record: dict) -> None:
+    """A run record as an earlier version of distill wrote it: the literal JSON, no record_version."""
+    (wh.root / "runs").mkdir(parents=True, exist_ok=True)
+    (wh.root / "runs" / f"{record['run_id']}.json").write_text(json.dumps(record, indent=2))
+
+
+XSS = "<script>alert(1)</script>"
+
+
+def xss_page(tmp_path: Path, make_trace) -> str:
+    """The page of a run whose rejection reason, model text, source and recipe values are all a script tag."""
+    from distill.warehouse.report import report_html
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.write_part("x", 0, [make_trace(trace_id="t0", run_id="x", source=XSS, correct=False, kept=False,
+                                      rejected_by=XSS, rejected_stage=XSS,
+                                      completion=f"<think>{XSS}</think>\\boxed{{{XSS}}}", scores={XSS: 1.0})])
+    wh.write_run({"run_id": "x", "status": "finished", "recipe": {"name": XSS, "filters": [XSS]}, "teacher": XSS})
+    wh.refresh()
+    return report_html(wh.root, "x")
+
+
+def test_text_from_the_warehouse_reaches_the_page_escaped(tmp_path, make_trace):
+    text = xss_page(tmp_path, make_trace)
+    page = Page(text)
+    assert page.scripts == 0 and "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert page.outcomes == [XSS]  # the attribute holds the text itself, escaped in the markup
+    samples = text.split('id="samples"')[1]
+    assert samples.count("&lt;script&gt;") >= 6  # title, stage, source, scores, reasoning, answer
 
 
 # -- the CLI ----------------------------------------------------------------------------------------
@@ -465,3 +514,13 @@ def test_the_report_renders_in_chromium(runs, tmp_path):
     m = re.search(r'data-images="(\d+)/(\d+)"', proc.stdout)
     assert m, proc.stderr[-2000:]
     assert m.group(1) == m.group(2) == "6"
+
+
+def test_text_from_the_warehouse_runs_no_script_in_chromium(tmp_path, make_trace):
+    assert Path(CHROMIUM).exists(), "chromium is not installed: `make test` installs it (apt-get install chromium)"
+    page = tmp_path / "x.html"
+    page.write_text(xss_page(tmp_path, make_trace))
+    proc = chromium("--virtual-time-budget=3000", "--dump-dom", page.as_uri())
+    # the browser's DOM: no script element, the text shown as text
+    assert "<body" in proc.stdout, proc.stderr[-2000:]
+    assert "<script" not in proc.stdout and "&lt;script&gt;alert(1)&lt;/script&gt;" in proc.stdout

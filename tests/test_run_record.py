@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_cli
 from distill.warehouse.store import Warehouse
+
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
 
 EVAL = [json.loads(line)["question"] for line in (ROOT / "recipes" / "data" / "gsm8k-test-50.jsonl").read_text().splitlines()]
 # Eight problems, two per shard; four are copied from GSM8K's test set (the decontam eval set), in shards 0, 2 and 3.
@@ -193,6 +196,7 @@ def test_a_resumed_run_records_every_call(harness, teacher):
 def test_a_record_from_before_calls_were_kept_is_carried_forward(harness, teacher):
     # A run recorded by an earlier version of distill: one call's timings, one merged filter report.
     from distill.flows.generate import run_generate, run_id_for
+    from distill.warehouse.store import RECORD_VERSION
 
     recipe, _ = teacher
     recipe = recipe(parallel_shards=1)
@@ -201,14 +205,65 @@ def test_a_record_from_before_calls_were_kept_is_carried_forward(harness, teache
     run_generate(recipe, run_id, ROOT / "recipes")
     old = wh.read_run(run_id)
     old["timings"] = {"generate": 3.0, "wall": 5.0}
-    for key in ("calls", "filters_by_shard"):
+    for key in ("calls", "filters_by_shard", "record_version"):
         del old[key]
-    wh.write_run(old)
+    write_old_record(wh, old)
 
     run_generate(recipe, run_id, ROOT / "recipes")  # nothing left to do
     run_generate(recipe, run_id, ROOT / "recipes")
     record = wh.read_run(run_id)
-    assert [c["status"] for c in record["calls"]] == ["finished"] * 3 and record["calls"][0]["shards_done"] is None
+    assert record["record_version"] == RECORD_VERSION
+    assert [c["status"] for c in record["calls"]] == ["finished"] * 3
+    assert record["calls"][0]["shards_done"] == 4  # the old record's one call wrote every shard
     assert record["timings"]["generate"] == 3.0 and record["timings"]["wall"] > 5.0
     assert record["filters"] == old["filters"]
     assert [e["shard"] for e in record["filters_by_shard"]] == [-1]
+
+
+def write_old_record(wh: Warehouse, record: dict) -> Path:
+    """A run record as an earlier version of distill wrote it: the literal JSON, no record_version."""
+    path = wh.root / "runs" / f"{record['run_id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
+# What distill 0.1 wrote before it kept calls and per-shard filter reports: a resumed run's last call.
+OLD_RECORD = {
+    "run_id": "old-run", "recipe_name": "old", "recipe": {"name": "old", "filters": ["rejection", "decontam"]},
+    "status": "finished", "started_at": "2026-10-01T10:00:00+00:00", "finished_at": "2026-10-01T10:05:00+00:00",
+    "backend": "vllm", "teacher": "m", "problems": 8, "shards": 4, "shards_resumed": 1,
+    "timings": {"generate": 12.5, "wall": 20.0},
+    "filters": {"decontam": {"n": 13, "contaminated": [{"problem_id": "p1", "eval_set": "x.jsonl", "eval_line": 3}]}},
+}
+
+
+def test_an_old_record_is_upgraded_once_when_read_and_written_back(tmp_path):
+    from distill.warehouse.store import RECORD_VERSION
+
+    wh = Warehouse(tmp_path / "wh")
+    path = write_old_record(wh, OLD_RECORD)
+    record = wh.read_run("old-run")
+    assert record["record_version"] == RECORD_VERSION
+    assert record["calls"] == [{"started_at": "2026-10-01T10:00:00+00:00", "finished_at": "2026-10-01T10:05:00+00:00",
+                                "status": "finished", "timings": {"generate": 12.5, "wall": 20.0},
+                                "shards_done": None}]  # resumed: earlier calls, unrecorded, made some samples
+    assert record["filters_by_shard"] == [{"shard": -1, "filters": OLD_RECORD["filters"]}]
+    assert {k: record[k] for k in OLD_RECORD} == OLD_RECORD  # nothing of the old record is lost
+    assert json.loads(path.read_text()) == record  # written back, so the next read upgrades nothing
+    assert not [p for p in path.parent.iterdir() if p != path]  # atomically: no temporary file left
+    mtime = path.stat().st_mtime_ns
+    assert wh.read_run("old-run") == record and path.stat().st_mtime_ns == mtime
+
+
+def test_an_old_record_in_a_read_only_warehouse_is_upgraded_in_memory(tmp_path, monkeypatch):
+    from distill.warehouse import store
+
+    wh = Warehouse(tmp_path / "wh")
+    path = write_old_record(wh, {**OLD_RECORD, "shards_resumed": 0})
+    text = path.read_text()
+    # a folder we may not write to (chmod does not stop root, who runs the tests in CI)
+    monkeypatch.setattr(store.os, "access", lambda p, mode: False)
+    record = wh.read_run("old-run")
+    assert record["calls"][0]["shards_done"] == 4  # not resumed: its one call wrote every shard
+    assert path.read_text() == text

@@ -233,20 +233,41 @@ class Warehouse:
         return write_atomic(self.journey_path(run_id, mode), to_table(traces))
 
     # -- runs --------------------------------------------------------------------------------
+    def run_path(self, run_id: str) -> Path:
+        return self.root / "runs" / f"{run_id}.json"
+
     def write_run(self, run: dict) -> Path:
-        return write_text(self.root / "runs" / f"{run['run_id']}.json",
-                                  json.dumps(run, indent=2, sort_keys=True, default=str))
+        """Write a run record, in the current shape (RECORD_VERSION)."""
+        text = json.dumps({**run, "record_version": RECORD_VERSION}, indent=2, sort_keys=True, default=str)
+        with self._lock("runs"):  # so that read_run's upgrade never writes over a newer record
+            return write_text(self.run_path(run["run_id"]), text)
 
     def read_run(self, run_id: str) -> dict | None:
-        path = self.root / "runs" / f"{run_id}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        """The run record, in the current shape: a record written by an older version of distill is upgraded
+        (upgrade_run) and, where the warehouse is writable, written back, so the upgrade happens once."""
+        path = self.run_path(run_id)
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        if record.get("record_version", 1) >= RECORD_VERSION:
+            return record
+        upgraded = upgrade_run(record)
+        if os.access(path.parent, os.W_OK):
+            try:
+                with self._lock("runs"):
+                    # read again under the lock: a writer may have replaced the old record since
+                    if json.loads(path.read_text()).get("record_version", 1) < RECORD_VERSION:
+                        write_text(path, json.dumps(upgraded, indent=2, sort_keys=True, default=str))
+            except OSError:
+                pass  # e.g. a full disk: the upgrade is redone at the next read
+        return upgraded
 
     # -- catalog -----------------------------------------------------------------------------
     @contextmanager
-    def _lock(self):
-        """One catalog writer at a time, across processes on this machine."""
+    def _lock(self, name: str = "catalog"):
+        """One writer at a time (of the catalog, or of run records), across processes on this machine."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".catalog.lock", "w") as f:
+        with open(self.root / f".{name}.lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -331,6 +352,31 @@ class Warehouse:
         finally:
             con.close()
 
+
+
+# The shape of runs/<run_id>.json. 1 (no record_version): written before the record kept every call of a run
+# (`calls`) and every shard's filter report (`filters_by_shard`); its timings and filter report are its last
+# call's. 2: both kept, and `timings` summed over the calls.
+RECORD_VERSION = 2
+
+
+def upgrade_run(record: dict) -> dict:
+    """A run record of an older shape in the current one; the one place that knows the older shapes.
+
+    A record of version 1 becomes one call, with its timings. When that call resumed nothing it wrote every
+    shard; when it resumed a run, its shards_done is None: earlier calls made samples the timings miss
+    (report.carried_call). Its filter report, of shards unknown, is kept as shard -1.
+    """
+    rec = dict(record)
+    if rec.get("record_version", 1) < 2:
+        if "calls" not in rec:
+            rec["calls"] = [{"started_at": rec.get("started_at"), "finished_at": rec.get("finished_at"),
+                             "status": rec.get("status"), "timings": rec.get("timings") or {},
+                             "shards_done": None if rec.get("shards_resumed") else rec.get("shards", 0)}]
+        if "filters_by_shard" not in rec:
+            rec["filters_by_shard"] = [{"shard": -1, "filters": rec["filters"]}] if rec.get("filters") else []
+    rec["record_version"] = RECORD_VERSION
+    return rec
 
 
 # Queries only. The catalog is opened read-only as well; this check gives the clear message
