@@ -139,9 +139,12 @@ class Timed:
 
     def row(self, convs, sampling: SamplingConfig) -> Row:
         rates = [tok / s for tok, s, _ in self.runs]
-        mid = sorted(range(len(rates)), key=lambda i: rates[i])[len(rates) // 2]
+        order = sorted(range(len(rates)), key=lambda i: rates[i])
+        middle = [order[len(order) // 2]] if len(order) % 2 else order[len(order) // 2 - 1:len(order) // 2 + 1]
+        tokens = sum(self.runs[i][0] for i in middle) / len(middle)  # the median run (of an even count: the
+        seconds = sum(self.runs[i][1] for i in middle) / len(middle)  # two middle runs, pooled)
         errors = sum(e for _, _, e in self.runs)
-        return Row(self.name, len(convs), sampling.n, self.runs[mid][0], self.runs[mid][1],
+        return Row(self.name, len(convs), sampling.n, round(tokens), seconds,
                    f"median of {len(rates)} (range {min(rates):,.0f}–{max(rates):,.0f}){self.note}"
                    + (f"; {errors} errors" if errors else ""))
 
@@ -246,6 +249,17 @@ def openai_engines(model_path: str, convs, sampling: SamplingConfig, concurrenci
 
         engines.append(Timed(f"distill openai backend → vLLM api_server, concurrency {c}", run,
                              server.reset_prefix_cache, "; one request per sample, prefix cache reset"))
+    # The same at the first concurrency without per-sample seeds (api_send_seed: false), as the offline engine
+    # runs (one global seed): vLLM samples seeded requests one by one, each with its own generator.
+    unseeded = OpenAIGenerator("smollm2-135m", api_base=server.url, concurrency=concurrencies[0], send_seed=False)
+
+    def run_unseeded():
+        out = unseeded.generate(convs, sampling)
+        return samples_tokens(out), sum(s.finish_reason == "error" for o in out for s in o)
+
+    engines.append(Timed(f"distill openai backend → vLLM api_server, concurrency {concurrencies[0]}, "
+                         "api_send_seed: false", run_unseeded, server.reset_prefix_cache,
+                         "; one request per sample, no per-request seed, prefix cache reset"))
     engines[0].run()  # warm-up
     return engines, server.stop
 
@@ -314,7 +328,7 @@ def main() -> None:
     finally:
         for stop in stops:
             stop()
-    keys = [*(["vllm", "raw"] if "vllm" in only else []), *([f"openai-{c}" for c in concurrencies]
+    keys = [*(["vllm", "raw"] if "vllm" in only else []), *([f"openai-{c}" for c in concurrencies] + ["unseeded"]
                                                           if "openai" in only else [])]
     for key, e in zip(keys, engines):
         rows[key] = e.row(convs, sampling)
@@ -325,7 +339,7 @@ def main() -> None:
           f"{args.max_tokens}, temperature 0.6, top_p 0.95; SmolLM2-135M-Instruct bf16; {os.cpu_count()} cores\n")
     print("| engine | prompts × n | completion tokens | tokens/sample | wall s | tokens/s | note |")
     print("|---|---|---|---|---|---|---|")
-    for key in ("naive", "hf", "vllm", "raw", *(f"openai-{c}" for c in concurrencies)):
+    for key in ("naive", "hf", "vllm", "raw", *(f"openai-{c}" for c in concurrencies), "unseeded"):
         if key in rows:
             print(rows[key].md())
     r = rows
@@ -342,6 +356,8 @@ def main() -> None:
           "within 15% (≥ 0.85)", 0.85)
     for c in concurrencies[1:]:
         ratio(f"openai via api_server (concurrency {c}) / offline distill vLLM", f"openai-{c}", "vllm")
+    ratio(f"openai via api_server (concurrency {concurrencies[0]}, api_send_seed: false) / offline distill vLLM",
+          "unseeded", "vllm", "within 15% (≥ 0.85)", 0.85)
     ratio("distill transformers / naive HF", "hf", "naive")
     print("\n| ratio | measured | target | met |\n|---|---|---|---|")
     for name, value, target, ok in checks:

@@ -197,7 +197,9 @@ def make_shard(rng: np.random.Generator, corpus: pa.Buffer, run: int, shard: int
 
     missing = [f.name for f in SCHEMA if f.name not in cols]
     if missing:  # a column added to SCHEMA after this benchmark was written: nulls, and say so once
-        print(f"note: SCHEMA has columns this benchmark does not fill, written as nulls: {missing}", file=sys.stderr)
+        if missing != NOTED:  # once, not once per part
+            print(f"note: SCHEMA has columns this benchmark does not fill, written as nulls: {missing}", file=sys.stderr)
+            NOTED[:] = missing
     arrays = [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in SCHEMA]
     return pa.Table.from_arrays([a.cast(f.type) for a, f in zip(arrays, SCHEMA)], schema=SCHEMA)
 
@@ -213,6 +215,8 @@ def write_jsonl(root: Path, run_id: str, shard: int, table: pa.Table) -> Path:
     return path
 
 
+NOTED: list[str] = []  # the missing columns already reported
+
 # -- the pandas side of the queries (runs in a child process) -----------------------------------
 def pandas_baseline(files: list[str], word: str) -> dict:
     import pandas as pd
@@ -222,15 +226,16 @@ def pandas_baseline(files: list[str], word: str) -> dict:
     load_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    by = df["run_id"]
+    samples = df[df["kind"] == "sample"]  # the funnel counts samples; journey rows have a view of their own
+    by = samples["run_id"]
     funnel = pd.DataFrame({
-        "problems": df.groupby("run_id")["problem_id"].nunique(),
-        "samples": df.groupby("run_id").size(),
-        "truncated": df["finish_reason"].eq("length").groupby(by).sum(),
-        "correct": df["correct"].eq(True).groupby(by).sum(),
-        "unverifiable": df["correct"].isna().groupby(by).sum(),
-        "kept": df["kept"].eq(True).groupby(by).sum(),
-        "completion_tokens": df.groupby("run_id")["completion_tokens"].sum(),
+        "problems": samples.groupby("run_id")["problem_id"].nunique(),
+        "samples": samples.groupby("run_id").size(),
+        "truncated": samples["finish_reason"].eq("length").groupby(by).sum(),
+        "correct": samples["correct"].eq(True).groupby(by).sum(),
+        "unverifiable": samples["correct"].isna().groupby(by).sum(),
+        "kept": samples["kept"].eq(True).groupby(by).sum(),
+        "completion_tokens": samples.groupby("run_id")["completion_tokens"].sum(),
     })
     funnel_s = time.perf_counter() - t
 
