@@ -120,6 +120,17 @@ def test_stored_journeys_are_rows_of_the_run_with_a_view_and_feed_the_export(run
 
 
 @pytest.mark.slow
+def test_journeys_cli_takes_the_journey_keys_from_another_recipe(run_dir, tmp_path):
+    """--recipe: the journeys section of another recipe (caps, prompt), the run's own recipe for the rest."""
+    other = tmp_path / "other.yaml"
+    other.write_text("journey_per_problem: 1\njourney_max_wrong: 1\nn: 99\n")
+    proc = run_cli("journeys", "run-j", "--mode", "template", "--recipe", str(other), "--warehouse", str(run_dir),
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert Warehouse(run_dir).query("select problems, journeys from journeys")[1] == [(3, 3)]  # one per problem
+
+
+@pytest.mark.slow
 def test_journeys_cli_errors_are_one_line(run_dir):
     proc = run_cli("journeys", "no-such-run", "--warehouse", str(run_dir), timeout=120)
     assert proc.returncode != 0 and "unknown run 'no-such-run'" in proc.stderr
