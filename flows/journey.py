@@ -41,6 +41,7 @@ from distill.warehouse.journey import (cut_wrong_path, eligible_wrong, journey_i
 from distill.warehouse.schema import THINK_CLOSE, Trace, from_table, split_think, to_table
 from distill.warehouse.store import Warehouse, write_atomic
 from distill.errors import DistillError
+from distill.files import remove_leftovers
 
 MODES = ("template", "teacher")
 BATCH = 64  # wrong paths per teacher call; finished journeys are saved after each batch
@@ -123,9 +124,10 @@ def _building(wh: Warehouse, run_id: str, mode: str):
         except BlockingIOError:
             raise DistillError(f"{mode} journeys of run {run_id!r} are being built by another process: "
                                "wait for it to end") from None
-        # temporary files of a killed write (ours: we hold the lock) hold nothing a reader needs
-        for stale in [*folder.glob(".tmp-*"), *folder.parent.glob(f".tmp-journey-{mode}.parquet.*")]:
-            stale.unlink(missing_ok=True)
+        # temporary files of a killed write (ours: we hold the lock) hold nothing a reader needs; the
+        # pattern matches distill.files' names (`.tmp-journey-<mode>.parquet-<random>.partial`) and older ones
+        remove_leftovers(folder)
+        remove_leftovers(folder.parent, f".tmp-journey-{mode}.parquet*")
         try:
             yield folder
         finally:

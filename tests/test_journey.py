@@ -252,6 +252,17 @@ def test_a_teacher_outage_during_a_rebuild_keeps_the_stored_journeys(run_dir, te
     assert Warehouse(run_dir).read_run("run-j")["journeys"]["teacher"]["journeys"] == 6
 
 
+def test_a_build_removes_the_temporary_files_a_killed_write_left(run_dir):
+    runs = run_dir / "traces" / "run_id=run-j"
+    left = [runs / ".tmp-journey-template.parquet-0123456789ab.partial",  # distill.files' name
+            runs / ".tmp-journey-template.parquet.4242.1"]  # an older writer's
+    for f in left:
+        f.write_bytes(b"half a file")
+    build_journeys(recipe_of_run(run_dir, "run-j"), "run-j", "template", max_wrong=1, per_problem=2)
+    assert not [f for f in left if f.exists()]
+    assert Warehouse(run_dir).query("select count(*) from traces where kind = 'journey'")[1] == [(6,)]
+
+
 def test_a_crash_mid_build_loses_at_most_the_batch_in_flight(run_dir, teacher):
     rcp = recipe_of_run(run_dir, "run-j")
     ckpt = run_dir / "traces" / "run_id=run-j" / ".journey-teacher"
