@@ -41,6 +41,7 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
     """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
     from distill.config import parse_set
     from distill.flows.recipe import load_recipe
+    from distill.generators import TEACHERS
     from distill.generators.models import check_model_name
 
     overrides = parse_set(set_)
@@ -50,10 +51,9 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
         overrides["warehouse"] = str(warehouse)
     rcp = load_recipe(recipe, overrides)
     backend = rcp.backend_name()
-    if backend == "openai":
-        if not rcp.serving.api_base:
-            raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
-    else:
+    if backend == "openai" and not rcp.serving.api_base:
+        raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
+    if TEACHERS[backend].local:  # a served model's name is the server's to check
         check_model_name(rcp.teacher.model)
     from distill.verifiers import get_verifier
 
