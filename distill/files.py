@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,9 +61,16 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def remove_leftovers(folder: str | Path, pattern: str = f"{TMP_PREFIX}*") -> None:
-    """Delete temporary files a crashed writer left in `folder` (call only where no other writer is busy)."""
+def remove_leftovers(folder: str | Path, pattern: str = f"{TMP_PREFIX}*", older_than: float | None = None) -> None:
+    """Delete temporary files a crashed writer left in `folder`: all of them (call only where no other writer
+    is busy), or those not modified for `older_than` seconds (a younger one may be a busy writer's)."""
     for stale in Path(folder).glob(pattern):
+        if older_than is not None:
+            try:
+                if time.time() - stale.stat().st_mtime < older_than:
+                    continue
+            except FileNotFoundError:
+                continue
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

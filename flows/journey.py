@@ -21,12 +21,10 @@ thought), a checkpoint costs only its batch; and readers keep seeing one file pe
 import fcntl
 import hashlib
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
@@ -38,8 +36,8 @@ from distill.verifiers import verify_batch
 from distill.warehouse.export import question_of
 from distill.warehouse.journey import (cut_wrong_path, eligible_wrong, journey_id, journey_trace, teacher_messages,
                                template_journeys)
-from distill.warehouse.schema import THINK_CLOSE, Trace, from_table, split_think, to_table
-from distill.warehouse.store import Warehouse, write_atomic
+from distill.warehouse.schema import THINK_CLOSE, Trace, from_table, split_think
+from distill.warehouse.store import Warehouse
 from distill.errors import DistillError
 from distill.files import remove_leftovers
 
@@ -66,7 +64,7 @@ def build_journeys(recipe: Recipe, run_id: str, mode: str | None = None, *, max_
     if not rows:
         raise DistillError(f"run {run_id!r} has no samples in {wh.root} (see `distill runs`)")
     started = time.time()
-    with _building(wh, run_id, mode) as ckpt:
+    with _building(wh, run_id, mode) as save:
         stored = stored_journeys(wh, run_id, mode)
         run = wh.read_run(run_id)
         if run is not None and mode in (run.get("journeys") or {}):
@@ -79,12 +77,12 @@ def build_journeys(recipe: Recipe, run_id: str, mode: str | None = None, *, max_
             fresh, rounds, candidates = [t for t in built if _redo(stored.get(t.trace_id))], [], len(built)
         else:
             fresh, rounds, candidates = teacher_journeys(recipe, rows, max_wrong, per_problem, stored, batch,
-                                                         save=lambda traces: _checkpoint(ckpt, traces))
+                                                         save=save)
         merged = _merge(stored, fresh)
         traces = [merged[k] for k in sorted(merged)]
         wh.write_journeys(run_id, mode, traces)
-        for f in ckpt.glob("*.parquet"):  # compacted into the file just written
-            f.unlink()
+        for rel in wh.journey_checkpoints(run_id, mode):  # compacted into the file just written
+            wh.storage.delete(rel)
     costs = [t.cost_usd for t in traces]
     stats = {"mode": mode, "max_wrong": max_wrong, "per_problem": per_problem,
              "problems_with_wrong": len({t["problem_id"] for t in rows if t["correct"] is False}),
@@ -111,12 +109,20 @@ def journeys_task(recipe: Recipe, run_id: str) -> dict:
 
 @contextmanager
 def _building(wh: Warehouse, run_id: str, mode: str):
-    """One build of a run's journeys of one mode at a time; yields its checkpoint folder.
+    """One build of a run's journeys of one mode at a time; yields a function that stores a batch.
 
     Two builders would each write the file from what they read, and the last would drop the other's
-    rows. The lock is the kernel's (flock): a killed builder never leaves it held.
+    rows. In a local warehouse the lock is the kernel's (flock): a killed builder never leaves it held.
+    Object storage has no lock: build a run's journeys from one place (the run's last worker does).
     """
-    folder = wh.journey_path(run_id, mode).parent / f".journey-{mode}"
+    def save(traces: list[Trace]) -> None:  # finished journeys of one batch, each batch a file written whole
+        if traces:
+            wh.write_journey_checkpoint(run_id, mode, traces)
+
+    if not wh.local:
+        yield save
+        return
+    folder = Path(wh.journey_path(run_id, mode)).parent / f".journey-{mode}"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "lock", "w") as f:
         try:
@@ -129,25 +135,17 @@ def _building(wh: Warehouse, run_id: str, mode: str):
         remove_leftovers(folder)
         remove_leftovers(folder.parent, f".tmp-journey-{mode}.parquet*")
         try:
-            yield folder
+            yield save
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _checkpoint(folder: Path, traces: list[Trace]) -> None:
-    """Finished journeys of one batch, written whole (temporary name, then rename)."""
-    if traces:
-        write_atomic(folder / f"{time.time_ns():020d}-{os.getpid()}.parquet", to_table(traces))
 
 
 def stored_journeys(wh: Warehouse, run_id: str, mode: str) -> dict[str, Trace]:
     """The journey rows stored for a run and mode by id: the compacted file, then checkpoints left by a
     build that did not finish, oldest first."""
-    path = wh.journey_path(run_id, mode)
-    files = ([path] if path.exists() else []) + sorted((path.parent / f".journey-{mode}").glob("*.parquet"))
-    out: dict[str, Trace] = {}
-    for f in files:
-        out = _merge(out, from_table(pq.read_table(f)))
+    out = _merge({}, wh.read_journeys(run_id, mode))
+    for rel in wh.journey_checkpoints(run_id, mode):
+        out = _merge(out, from_table(wh.storage.read_parquet(rel)))
     return out
 
 
@@ -294,6 +292,6 @@ def recipe_of_run(root: str | Path, run_id: str) -> Recipe:
     """The recipe a stored run was made with (its run record keeps it), pointed at `root`."""
     run = Warehouse(root).read_run(run_id)
     if run is None:
-        raise DistillError(f"unknown run {run_id!r} in {Path(root).absolute()} (see `distill runs`)")
+        raise DistillError(f"unknown run {run_id!r} in {Warehouse(root).root} (see `distill runs`)")
     fields = {k: v for k, v in run["recipe"].items() if k in Recipe.key_names()}  # a key since removed is ignored
     return Recipe.build({**fields, "warehouse": str(root)})

@@ -193,7 +193,13 @@ class Execution(Section):
     parallel_shards: int = key(2, "Shards in flight (threads, or local Dask workers). One engine per process serves "
                                   "them in turn.", expected="a whole number >= 1", ge=1)
     dask_address: str | None = key(None, "Address of an existing Dask scheduler (or Ray cluster) to run shards on.")
-    warehouse: str = key("./distill-data", "Warehouse root folder.")
+    warehouse: str = key("./distill-data", "Warehouse root: a folder, or object storage (s3://bucket/prefix, "
+                                           "gs://…, any fsspec URL; endpoint and keys from the AWS variables).")
+    workers: int = key(1, "Independent `distill run` processes sharing this run, on one machine or many (set by "
+                          "--worker K/N): each takes every workers-th shard; the last to finish builds journeys.",
+                       expected="a whole number >= 1", ge=1)
+    worker: int = key(0, "Which of the `workers` this process is: 0 to workers - 1.", expected="a whole number >= 0",
+                      ge=0)
     shard_size: int = key(8, "Problems per new shard (one part file). A problem keeps the shard it was first given "
                              "in a run.", expected="a whole number >= 1", ge=1)
     checkpoint_seconds: Number = key(30.0, "Finished samples are written to a checkpoint at least this often while "

@@ -100,6 +100,25 @@ class Trace:
     schema_version: int = SCHEMA_VERSION
 
 
+# Decisions made over the whole warehouse (global dedup, decontamination against eval sets), stored apart
+# from the parts in <root>/decisions/: one row per (run_id, trace_id) a stage looked at. The views overlay
+# them on the parts (a row a decision drops reads kept = false, with the decision's reason and stage, and
+# the stage's score in `scores`); the parts are never rewritten, and a decision is re-made by writing its
+# file again.
+DECISIONS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("stage", pa.string()),  # global_dedup | global_decontam
+        ("score", pa.float64()),  # dedup: similarity to the row its cluster keeps; decontam: share of words covered
+        ("kept", pa.bool_()),
+        ("rejected_by", pa.string()),  # duplicate | near_duplicate | contaminated; null when kept
+        ("detail", pa.string()),  # json: dedup {"cluster": trace id kept}; decontam {"eval_set", "eval_line"}
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
 # The dataclass and the Arrow schema must name the same columns, or a write would drop one silently.
 assert sorted(f.name for f in dataclasses.fields(Trace)) == sorted(SCHEMA.names)
 

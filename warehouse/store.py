@@ -15,26 +15,49 @@ the teacher again.
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
+import hashlib
 import json
 import os
-import threading
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from distill.warehouse.schema import SCHEMA, Trace, from_table, to_table
 from distill.errors import DistillError
-from distill.files import replacing, write_text
+from distill.files import remove_leftovers, replacing, write_text
+from distill.warehouse.schema import DECISIONS_SCHEMA, SCHEMA, Trace, from_table, to_table
+from distill.warehouse.storage import Storage
 
 # Queries the catalog answers. `funnel` counts one run's way from problems to kept samples.
 VIEWS = {
-    "traces": "SELECT * FROM read_parquet({parts}, union_by_name = true)",
+    # raw_traces: the rows as the parts hold them; decisions: the warehouse-wide decisions (Warehouse._create_views)
+    # Every row with the decisions overlaid: a kept row that a decision drops reads kept = false with the
+    # decision's reason and stage; each deciding stage's score joins `scores`. A row two files decide on is
+    # dropped if either drops it; the first dropping stage by name gives the reason (decontam, then dedup).
+    "traces": """
+        SELECT r.* REPLACE (
+                   CASE WHEN d.scores IS NULL THEN r.scores ELSE map_concat(r.scores, d.scores) END AS scores,
+                   CASE WHEN r.kept AND d.kept = false THEN false ELSE r.kept END AS kept,
+                   CASE WHEN r.kept AND d.kept = false THEN d.rejected_by ELSE r.rejected_by END AS rejected_by,
+                   CASE WHEN r.kept AND d.kept = false THEN d.stage ELSE r.rejected_stage END AS rejected_stage)
+        FROM raw_traces r LEFT JOIN (
+            SELECT run_id, trace_id, bool_and(kept) AS kept,
+                   map_from_entries(list({'k': stage, 'v': score} ORDER BY stage)) AS scores,
+                   arg_min(rejected_by, stage) FILTER (WHERE NOT kept) AS rejected_by,
+                   min(stage) FILTER (WHERE NOT kept) AS stage
+            FROM (SELECT run_id, trace_id, stage, bool_and(kept) AS kept, max(score) AS score,
+                         min(rejected_by) AS rejected_by FROM decisions GROUP BY ALL)
+            GROUP BY ALL) d ON r.run_id = d.run_id AND r.trace_id = d.trace_id""",
     "accepted": "SELECT * FROM traces WHERE kept",
     "funnel": """
         SELECT run_id,
@@ -75,8 +98,11 @@ VIEWS = {
             SELECT run_id, stage, min(pos) AS pos FROM (
                 SELECT run_id, unnest(map_keys(scores)) AS stage,
                        unnest(range(1, len(map_keys(scores)) + 1)) AS pos FROM s)
-            WHERE stage NOT IN ('pass_rate', 'rank') GROUP BY ALL
-            UNION ALL SELECT DISTINCT run_id, 'selection', 1000000 FROM s WHERE scores['pass_rate'] IS NOT NULL),
+            WHERE stage NOT IN ('pass_rate', 'rank') AND NOT starts_with(stage, 'global_') GROUP BY ALL
+            UNION ALL SELECT DISTINCT run_id, 'selection', 1000000 FROM s WHERE scores['pass_rate'] IS NOT NULL
+            -- warehouse-wide decisions come after everything the shards decided
+            UNION ALL SELECT run_id, stage, 2000000 + row_number() OVER (PARTITION BY run_id ORDER BY stage)
+                      FROM (SELECT DISTINCT run_id, stage FROM decisions)),
         drops AS (SELECT run_id, rejected_stage AS stage, count(*) AS dropped, histogram(rejected_by) AS by_reason
                   FROM s WHERE NOT kept GROUP BY ALL),
         totals AS (SELECT run_id, count(*) AS samples FROM s GROUP BY ALL)
@@ -87,7 +113,6 @@ VIEWS = {
                coalesce(d.by_reason, MAP {}) AS dropped_by_reason
         FROM stages st JOIN totals t USING (run_id) LEFT JOIN drops d USING (run_id, stage)
         WINDOW w AS (PARTITION BY st.run_id ORDER BY st.pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)""",
-    "runs": "SELECT * FROM read_json({runs}, union_by_name = true, format = 'auto')",
 }
 
 
@@ -99,17 +124,35 @@ DICTIONARY_COLUMNS = ["run_id", "problem_id", "kind", "source", "domain", "refer
 
 
 class Warehouse:
+    """A warehouse root: a local folder (with a DuckDB catalog file of views) or an object-store URL
+    (s3://bucket/prefix, any fsspec URL), read by DuckDB through Arrow datasets. See warehouse.storage."""
+
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).absolute()
-        self.catalog_path = self.root / "catalog.duckdb"
+        self.storage = Storage(root)
+        self.local = self.storage.local
+        # a Path for a local folder (as before), the URL for object storage: str(wh.root) names it either way
+        self.root = self.storage.path if self.local else self.storage.url
+        self.catalog_path = self.storage.path / "catalog.duckdb" if self.local else None
+        self._mirror: Path | None = None
+
+    def _at(self, rel: str) -> Path | str:
+        """A file's location as a user names it: a Path in a local warehouse, else its URL."""
+        return self.storage.path / rel if self.local else self.storage.show(rel)
+
+    def _exists(self, rel: str) -> bool:
+        return self.storage.exists(rel)
 
     # -- parts -------------------------------------------------------------------------------
-    def part_path(self, run_id: str, shard: int) -> Path:
-        return self.root / "traces" / f"run_id={run_id}" / f"part-{shard:05d}.parquet"
+    @staticmethod
+    def _part(run_id: str, shard: int) -> str:
+        return f"traces/run_id={run_id}/part-{shard:05d}.parquet"
+
+    def part_path(self, run_id: str, shard: int) -> Path | str:
+        return self._at(self._part(run_id, shard))
 
     def part_exists(self, run_id: str, shard: int) -> bool:
-        # The part is renamed into place last, so its presence means the shard finished.
-        return self.part_path(run_id, shard).exists()
+        # The part is written whole and last (renamed into place, or one PUT), so its presence means the shard finished.
+        return self._exists(self._part(run_id, shard))
 
     def part_missing(self, run_id: str, shard: int, key: str | None = None) -> int | None:
         """None if the shard has no part; else how many samples it still lacks (0 = done).
@@ -117,10 +160,10 @@ class Warehouse:
         A part can be short when a backend gave up on some samples (a dead server): it keeps the
         samples that finished, and says in its metadata how many the shard should hold.
         """
-        path = self.part_path(run_id, shard)
-        if not path.exists():
+        try:
+            meta = self.storage.parquet_metadata(self._part(run_id, shard))
+        except FileNotFoundError:
             return None
-        meta = pq.read_metadata(path)
         info = meta.metadata or {}
         expected = info.get(b"distill.expected")
         if key is not None and info.get(b"distill.shard_key", key.encode()) != key.encode():
@@ -128,10 +171,10 @@ class Warehouse:
         return max(0, int(expected) - meta.num_rows) if expected else 0
 
     def read_part(self, run_id: str, shard: int) -> list[Trace]:
-        return from_table(pq.read_table(self.part_path(run_id, shard)))
+        return from_table(self.storage.read_parquet(self._part(run_id, shard)))
 
     def write_part(self, run_id: str, shard: int, traces: list[Trace], expected: int | None = None,
-                   key: str | None = None) -> Path:
+                   key: str | None = None) -> Path | str:
         """Write one shard's traces atomically (see write_table). `expected`: samples the shard should
         hold (fewer are written when a backend gave up on some); `key`: which problems it is made of."""
         table = to_table(traces)
@@ -143,37 +186,48 @@ class Warehouse:
         table = table.replace_schema_metadata(meta)
         return self.write_table(run_id, shard, table)
 
-    def write_table(self, run_id: str, shard: int, table: pa.Table) -> Path:
-        """Write a part from an Arrow table of SCHEMA: a temporary name in the same folder, then rename.
-
-        A crash before the rename leaves only a `.tmp-*` file, which no reader globs and the next
-        write of the shard replaces.
-        """
+    def write_table(self, run_id: str, shard: int, table: pa.Table) -> Path | str:
+        """Write a part from an Arrow table of SCHEMA, whole or not at all: a temporary name and a rename
+        in a local folder, one PUT on object storage. A crash leaves nothing a reader sees."""
         if not table.schema.equals(SCHEMA, check_metadata=False):
             raise ValueError("a part must have exactly warehouse.schema.SCHEMA")
-        return write_atomic(self.part_path(run_id, shard), table)
+        self._write_parquet(self._part(run_id, shard), table)
+        return self.part_path(run_id, shard)
 
-    def parts(self) -> list[Path]:
-        return sorted((self.root / "traces").glob("run_id=*/part-*.parquet"))
+    def _write_parquet(self, rel: str, table: pa.Table) -> str:
+        """A Parquet file of the warehouse's layout (zstd, dictionary columns), written whole or not at all."""
+        return self.storage.write_parquet(rel, table, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
+
+    def _parts(self) -> list[str]:
+        return self.storage.list("traces", "run_id=*/part-*.parquet", recursive=True)
+
+    def parts(self) -> list[Path | str]:
+        return [self._at(r) for r in self._parts()]
 
     # -- checkpoints: a shard's finished samples, before the shard is done ------------------------
-    def checkpoint_paths(self, run_id: str, shard: int) -> list[Path]:
-        return sorted((self.root / "traces" / f"run_id={run_id}").glob(f"ckpt-{shard:05d}-*.parquet"))
+    def _checkpoints(self, run_id: str, shard: int | None = None) -> list[str]:
+        pattern = "ckpt-*.parquet" if shard is None else f"ckpt-{shard:05d}-*.parquet"
+        return self.storage.list(f"traces/run_id={run_id}", pattern)
 
-    def write_checkpoint(self, run_id: str, shard: int, traces: list[Trace]) -> Path:
+    def checkpoint_paths(self, run_id: str, shard: int) -> list[Path | str]:
+        return [self._at(r) for r in self._checkpoints(run_id, shard)]
+
+    def write_checkpoint(self, run_id: str, shard: int, traces: list[Trace]) -> Path | str:
         """A small part file of raw samples (not yet verified or filtered), under a name no other writer
-        uses; atomic like every part. The shard's part, once written, holds them all and replaces them."""
-        name = f"ckpt-{shard:05d}-{time.time_ns()}-{os.getpid()}-{threading.get_ident()}.parquet"
-        return write_atomic(self.root / "traces" / f"run_id={run_id}" / name, to_table(traces))
+        on any machine uses; written whole like every part. The shard's part, once written, holds them all
+        and replaces them."""
+        rel = f"traces/run_id={run_id}/ckpt-{shard:05d}-{time.time_ns()}-{uuid.uuid4().hex[:12]}.parquet"
+        self._write_parquet(rel, to_table(traces))
+        return self._at(rel)
 
     def checkpointed_shards(self, run_id: str) -> set[int]:
         """The shards of a run that have checkpoint files (`ckpt-<shard>-…`), from one listing of its folder."""
-        return {int(p.name.split("-")[1]) for p in (self.root / "traces" / f"run_id={run_id}").glob("ckpt-*.parquet")}
+        return {int(r.rsplit("/", 1)[1].split("-")[1]) for r in self._checkpoints(run_id)}
 
     def drop_checkpoints(self, run_id: str, shard: int) -> None:
         """After the shard's part is written: its checkpoints hold nothing the part does not."""
-        for path in self.checkpoint_paths(run_id, shard):
-            path.unlink(missing_ok=True)
+        for rel in self._checkpoints(run_id, shard):
+            self.storage.delete(rel)
 
     # -- the generation cache ---------------------------------------------------------------------
     def find_samples(self, trace_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
@@ -182,20 +236,18 @@ class Warehouse:
         Looks in every run's parts and checkpoints (journey rows are not samples). A part is preferred
         over a checkpoint; among copies of one sample any will do: the same id is the same sample.
         """
-        wanted = pa.table({"trace_id": pa.array(sorted(set(trace_ids)), pa.string())})
-        files = [str(p) for p in (self.root / "traces").glob("run_id=*/*.parquet")
-                 if p.name.startswith(("part-", "ckpt-"))]
-        if not files or not wanted.num_rows:
+        wanted = sorted(set(trace_ids))
+        files = [r for r in self.storage.list("traces", "run_id=*/*.parquet", recursive=True)
+                 if r.rsplit("/", 1)[1].startswith(("part-", "ckpt-")) and r.count("/") == 2]
+        if not files or not wanted:
             return {}
-        con = duckdb.connect()
-        try:
-            con.register("wanted", wanted)
-            rows = con.execute(
-                f"SELECT trace_id, filename, coalesce(reused_from, run_id) FROM read_parquet({_sql_list(files)}, "
-                "filename = true, union_by_name = true) WHERE kind = 'sample' AND trace_id IN (SELECT trace_id FROM "
-                "wanted) ORDER BY trace_id, starts_with(parse_filename(filename), 'ckpt-'), filename").fetchall()
-        finally:
-            con.close()
+        dataset = self.storage.dataset(files, SCHEMA)
+        table = dataset.to_table(
+            columns={"trace_id": pc.field("trace_id"), "file": pc.field("__filename"),
+                     "origin": pc.coalesce(pc.field("reused_from"), pc.field("run_id"))},
+            filter=(pc.field("kind") == "sample") & pc.field("trace_id").isin(pa.array(wanted, pa.string())))
+        rows = sorted(zip(*(table.column(c).to_pylist() for c in ("trace_id", "file", "origin"))),
+                      key=lambda r: (r[0], r[1].rsplit("/", 1)[1].startswith("ckpt-"), r[1]))
         found: dict[str, tuple[str, str]] = {}
         for trace_id, filename, origin in rows:
             found.setdefault(trace_id, (filename, origin))
@@ -207,52 +259,140 @@ class Warehouse:
         for trace_id, (path, _) in found.items():
             by_file.setdefault(path, []).append(trace_id)
         out: dict[str, Trace] = {}
+        base = self.storage.base.rstrip("/") + "/"
         for path, ids in sorted(by_file.items()):
-            for t in from_table(pq.read_table(path, filters=[("trace_id", "in", ids)])):
+            rel = path[len(base):] if path.startswith(base) else path
+            for t in from_table(self.storage.read_parquet(rel, filters=[("trace_id", "in", ids)])):
                 out.setdefault(t.trace_id, t)
         return [out[i] for i in sorted(out)]
 
     # -- the shard plan ---------------------------------------------------------------------------
-    def plan_path(self, run_id: str) -> Path:
-        return self.root / "plans" / f"{run_id}.json"
+    def plan_path(self, run_id: str) -> Path | str:
+        return self._at(f"plans/{run_id}.json")
 
     def read_plan(self, run_id: str) -> list[list[str]] | None:
-        path = self.plan_path(run_id)
-        return json.loads(path.read_text())["shards"] if path.exists() else None
+        try:
+            return json.loads(self.storage.read_text(f"plans/{run_id}.json"))["shards"]
+        except FileNotFoundError:
+            return None
 
-    def write_plan(self, run_id: str, shards: list[list[str]]) -> Path:
-        return write_text(self.plan_path(run_id), json.dumps({"run_id": run_id, "shards": shards}))
+    def write_plan(self, run_id: str, shards: list[list[str]]) -> Path | str:
+        self.storage.write_text(f"plans/{run_id}.json", json.dumps({"run_id": run_id, "shards": shards}))
+        return self.plan_path(run_id)
 
-    def journey_path(self, run_id: str, mode: str) -> Path:
-        return self.root / "traces" / f"run_id={run_id}" / f"journey-{mode}.parquet"
+    # -- journeys ---------------------------------------------------------------------------------
+    @staticmethod
+    def _journey(run_id: str, mode: str) -> str:
+        return f"traces/run_id={run_id}/journey-{mode}.parquet"
 
-    def write_journeys(self, run_id: str, mode: str, traces: list[Trace]) -> Path:
+    def journey_path(self, run_id: str, mode: str) -> Path | str:
+        return self._at(self._journey(run_id, mode))
+
+    def journey_exists(self, run_id: str, mode: str) -> bool:
+        return self._exists(self._journey(run_id, mode))
+
+    def write_journeys(self, run_id: str, mode: str, traces: list[Trace]) -> Path | str:
         """All journey rows of one run and mode in one file, written atomically; a rebuild replaces it."""
         if any(t.kind != "journey" or t.run_id != run_id for t in traces):
             raise ValueError(f"write_journeys: every row must be kind 'journey' of run {run_id}")
-        return write_atomic(self.journey_path(run_id, mode), to_table(traces))
+        self._write_parquet(self._journey(run_id, mode), to_table(traces))
+        return self.journey_path(run_id, mode)
+
+    def read_journeys(self, run_id: str, mode: str) -> list[Trace]:
+        try:
+            return from_table(self.storage.read_parquet(self._journey(run_id, mode)))
+        except FileNotFoundError:
+            return []
+
+    def journey_checkpoints(self, run_id: str, mode: str) -> list[str]:
+        """Batches of a journey build that has not ended yet, oldest first (relative paths)."""
+        return self.storage.list(f"traces/run_id={run_id}/.journey-{mode}", "*.parquet")
+
+    def write_journey_checkpoint(self, run_id: str, mode: str, traces: list[Trace]) -> None:
+        rel = f"traces/run_id={run_id}/.journey-{mode}/{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        self._write_parquet(rel, to_table(traces))
+
+    # -- decisions over the whole warehouse (global dedup, decontamination) ------------------------
+    @staticmethod
+    def decisions_name(stage: str, run_ids: Iterable[str]) -> str:
+        """One file per stage and set of runs: deciding again over the same runs replaces it."""
+        key = hashlib.sha256("\n".join(sorted(set(run_ids))).encode()).hexdigest()[:12]
+        return f"decisions/{stage}-{key}.parquet"
+
+    def write_decisions(self, stage: str, run_ids: Iterable[str], table: pa.Table) -> Path | str:
+        """Store a stage's decisions (DECISIONS_SCHEMA) over these runs, whole or not at all; the views
+        overlay them on the parts at the next query (a local catalog: at the next refresh)."""
+        run_ids = sorted(set(run_ids))
+        if not table.schema.equals(DECISIONS_SCHEMA, check_metadata=False):
+            raise ValueError("decisions must have exactly warehouse.schema.DECISIONS_SCHEMA")
+        table = table.replace_schema_metadata({b"distill.runs": json.dumps(run_ids), b"distill.stage": stage})
+        rel = self.decisions_name(stage, run_ids)
+        self.storage.write_parquet(rel, table, compression="zstd")
+        return self._at(rel)
+
+    def _decisions(self) -> list[str]:
+        return [r for r in self.storage.list("decisions", "*.parquet") if not r.endswith("/_schema.parquet")]
 
     # -- runs --------------------------------------------------------------------------------
-    def run_path(self, run_id: str) -> Path:
-        return self.root / "runs" / f"{run_id}.json"
+    def run_path(self, run_id: str) -> Path | str:
+        return self._at(f"runs/{run_id}.json")
 
-    def write_run(self, run: dict) -> Path:
+    def run_ids(self) -> list[str]:
+        return [r[len("runs/"):-len(".json")] for r in self.storage.list("runs", "*.json")]
+
+    def write_run(self, run: dict) -> Path | str:
         """Write a run record, in the current shape (RECORD_VERSION)."""
         text = json.dumps({**run, "record_version": RECORD_VERSION}, indent=2, sort_keys=True, default=str)
         with self._lock("runs"):  # so that read_run's upgrade never writes over a newer record
-            return write_text(self.run_path(run["run_id"]), text)
+            self.storage.write_text(f"runs/{run['run_id']}.json", text)
+        return self.run_path(run["run_id"])
+
+    def _read_json(self, rel: str) -> dict | None:
+        try:
+            return json.loads(self.storage.read_text(rel))
+        except FileNotFoundError:
+            return None
+
+    def worker_records(self, run_id: str) -> list[dict]:
+        """The records of the workers that share a run (`distill run --worker K/N`), one file each."""
+        out = []
+        for rel in self.storage.list(f"runs/{run_id}", "worker-*.json"):
+            rec = self._read_json(rel)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def write_worker_run(self, run: dict, worker: int, workers: int) -> Path | str:
+        """A worker's record, in a file no other worker writes; then the run's record, merged from every
+        worker's. Merged again until no worker's file changed meanwhile, so the last writer's merge holds
+        every worker's last word whatever order they finish in (no lock: a store that lists what was written)."""
+        rel = f"runs/{run['run_id']}/worker-{worker}-of-{workers}.json"
+        self.storage.write_text(rel, json.dumps({**run, "record_version": RECORD_VERSION}, indent=2,
+                                                sort_keys=True, default=str))
+        seen = None
+        for _ in range(5):
+            records = self.worker_records(run["run_id"])
+            if records == seen:
+                break
+            self.write_run(merge_runs(records))
+            seen = records
+        return self._at(rel)
 
     def read_run(self, run_id: str) -> dict | None:
-        """The run record, in the current shape: a record written by an older version of distill is upgraded
-        (upgrade_run) and, where the warehouse is writable, written back, so the upgrade happens once."""
-        path = self.run_path(run_id)
-        if not path.exists():
+        """The run record, in the current shape: merged from its workers' records when several workers
+        share the run; a record written by an older version of distill is upgraded (upgrade_run) and, in a
+        local warehouse that is writable, written back, so the upgrade happens once."""
+        record = self._read_json(f"runs/{run_id}.json")
+        workers = self.worker_records(run_id) if record is None or record.get("workers") else []
+        if workers:
+            return merge_runs(workers)
+        if record is None:
             return None
-        record = json.loads(path.read_text())
         if record.get("record_version", 1) >= RECORD_VERSION:
             return record
         upgraded = upgrade_run(record)
-        if os.access(path.parent, os.W_OK):
+        path = self.storage.path / "runs" / f"{run_id}.json" if self.local else None
+        if path is not None and os.access(path.parent, os.W_OK):
             try:
                 with self._lock("runs"):
                     # read again under the lock: a writer may have replaced the old record since
@@ -264,83 +404,144 @@ class Warehouse:
 
     # -- catalog -----------------------------------------------------------------------------
     @contextmanager
-    def _lock(self, name: str = "catalog"):
-        """One writer at a time (of the catalog, or of run records), across processes on this machine."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{name}.lock", "w") as f:
+    def _lock(self, name: str):
+        """One writer at a time of a local warehouse's run records on this machine, so that read_run's
+        upgrade never writes over a newer record; object storage has no old records to upgrade."""
+        if not self.local:
+            yield
+            return
+        self.storage.path.mkdir(parents=True, exist_ok=True)
+        with open(self.storage.path / f".{name}.lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _empty_part(self) -> Path:
-        # A zero-row file with the full schema, so `traces` binds (and has every column) before
-        # any run has written a part. It sits outside the run_id= folders and counts no rows.
-        # Rewritten when SCHEMA has changed since (a column added): the views name every column,
-        # and parts written before the change read the new ones as NULL (union_by_name).
-        path = self.root / "traces" / "_schema.parquet"
+    def _empty(self, rel: str, schema: pa.Schema) -> Path:
+        # A zero-row file with the full schema, so a view binds (and has every column) before any file of
+        # its kind exists. It counts no rows. Rewritten when the schema has changed since (a column added):
+        # the views name every column, and files written before the change read the new ones as NULL.
+        path = self.storage.path / rel
         try:
-            current = pq.read_schema(path).equals(SCHEMA, check_metadata=False)
+            current = pq.read_schema(path).equals(schema, check_metadata=False)
         except (OSError, pa.ArrowInvalid):  # missing, or unreadable: it holds no data, so write it anew
             current = False
         if not current:
-            write_atomic(path, pa.Table.from_pylist([], schema=SCHEMA))
+            write_atomic(path, pa.Table.from_pylist([], schema=schema))
         return path
 
-    def refresh(self) -> Path:
-        """(Re)create the catalog's views over the files now on disk."""
-        with self._lock():
-            # Globs, not file lists: parts written after this refresh (by this or another process)
-            # are in the view at once. `.tmp-*` files never match `part-*`.
-            parts = [str(self._empty_part())]
-            if self.parts():  # DuckDB refuses a glob that matches nothing
-                parts.append(str(self.root / "traces" / "run_id=*" / "part-*.parquet"))
-            if any((self.root / "traces").glob("run_id=*/journey-*.parquet")):
-                parts.append(str(self.root / "traces" / "run_id=*" / "journey-*.parquet"))
-            runs = [str(self.root / "runs" / "*.json")] if any((self.root / "runs").glob("*.json")) else []
-            # Built under a temporary name and renamed over the catalog: a reader holding the old
-            # file keeps reading it, and no writer ever needs a lock on the file readers have open
-            # (DuckDB lets one process write a database file, and not while others read it).
-            for stale in self.root.glob(".tmp-catalog-*"):  # left by a crashed refresh; we hold the lock
-                stale.unlink(missing_ok=True)
-            tmp = self.root / f".tmp-catalog-{os.getpid()}-{threading.get_ident()}.duckdb"
+    def _create_views(self, con: duckdb.DuckDBPyConnection, parts: str, decisions: str, runs: str | None,
+                      evals: str | None) -> None:
+        """The views, given SQL for the parts (traces and journeys), the decisions files, the run
+        records and the eval results (None: none stored yet)."""
+        con.execute(f"CREATE OR REPLACE VIEW raw_traces AS SELECT * FROM {parts}")
+        con.execute(f"CREATE OR REPLACE VIEW decisions AS SELECT * FROM {decisions}")
+        for name in ("traces", "accepted", "funnel", "journeys", "pass_rates", "problems", "filter_funnel"):
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
+        if evals:
+            # every stored field but the per-problem detail (texts included), old files' missing ones NULL
+            con.execute(f"CREATE OR REPLACE VIEW evals AS SELECT * EXCLUDE (per_problem) "
+                        f"FROM read_json({evals}, union_by_name = true, format = 'auto')")
+        else:
+            con.execute("CREATE OR REPLACE VIEW evals AS SELECT NULL::VARCHAR AS eval_id WHERE false")
+        if runs:
+            con.execute(f"CREATE OR REPLACE VIEW runs AS SELECT * FROM read_json({runs}, union_by_name = true, "
+                        "format = 'auto')")
+        else:
+            con.execute("CREATE OR REPLACE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
+
+    def refresh(self) -> Path | str:
+        """(Re)create a local warehouse's catalog of views over the files now on disk. Object storage has
+        no catalog file: each connection lists the store (see connect)."""
+        if not self.local:
+            self.storage.list("runs")  # a clear error now if the store is unreachable
+            return self.storage.url
+        root = self.storage.path
+        root.mkdir(parents=True, exist_ok=True)
+        # Globs, not file lists: parts written after this refresh (by this or another process) are in the
+        # view at once. Temporary files (`.tmp-*`) never match `part-*`.
+        parts = [str(self._empty("traces/_schema.parquet", SCHEMA))]
+        if self._parts():  # DuckDB refuses a glob that matches nothing
+            parts.append(str(root / "traces" / "run_id=*" / "part-*.parquet"))
+        if any((root / "traces").glob("run_id=*/journey-*.parquet")):
+            parts.append(str(root / "traces" / "run_id=*" / "journey-*.parquet"))
+        self._empty("decisions/_schema.parquet", DECISIONS_SCHEMA)
+        decisions = [str(root / "decisions" / "*.parquet")]
+        runs = [str(root / "runs" / "*.json")] if any((root / "runs").glob("*.json")) else []
+        evals = [str(root / "evals" / "*.json")] if any((root / "evals").glob("*.json")) else []
+        # Built under a temporary name and renamed over the catalog: a reader holding the old file keeps
+        # reading it, and no writer needs a lock on the file readers have open (DuckDB lets one process
+        # write a database file, and not while others read it). Two refreshes at once each rename a
+        # complete catalog of the same globs; a temporary catalog a crashed refresh left is removed once
+        # it is an hour old (a younger one may be another writer's, busy).
+        remove_leftovers(root, ".tmp-catalog*", older_than=3600)
+        with replacing(self.catalog_path) as tmp:
             con = duckdb.connect(str(tmp))
             try:
-                con.execute(f"CREATE OR REPLACE VIEW traces AS {VIEWS['traces'].format(parts=_sql_list(parts))}")
-                for name in ("accepted", "funnel", "journeys", "pass_rates", "problems", "filter_funnel"):
-                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
-                if any((self.root / "evals").glob("*.json")):
-                    evals = _sql_list([str(self.root / "evals" / "*.json")])
-                    # every stored field but the per-problem detail (texts included), old files' missing ones NULL
-                    con.execute(f"CREATE OR REPLACE VIEW evals AS SELECT * EXCLUDE (per_problem) "
-                                f"FROM read_json({evals}, union_by_name = true, format = 'auto')")
-                else:
-                    con.execute("CREATE OR REPLACE VIEW evals AS SELECT NULL::VARCHAR AS eval_id WHERE false")
-                if runs:
-                    con.execute(f"CREATE OR REPLACE VIEW runs AS {VIEWS['runs'].format(runs=_sql_list(runs))}")
-                else:
-                    con.execute("CREATE OR REPLACE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
+                self._create_views(con, f"read_parquet({_sql_list(parts)}, union_by_name = true)",
+                                   f"read_parquet({_sql_list(decisions)}, union_by_name = true)",
+                                   _sql_list(runs) if runs else None, _sql_list(evals) if evals else None)
             finally:
                 con.close()
-            os.replace(tmp, self.catalog_path)
         return self.catalog_path
 
     def refresh_if_writable(self) -> None:
         """Bring the views up to date (new view definitions, a moved root) when we may write here."""
-        if self.catalog_path.exists() and os.access(self.root, os.W_OK):
+        if self.local and self.catalog_path.exists() and os.access(self.storage.path, os.W_OK):
             try:
                 self.refresh()
             except duckdb.IOException:
                 pass  # e.g. a full or read-only disk: the existing catalog still answers, if older
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+        if not self.local:
+            return self._connect_remote()
         if not self.catalog_path.exists():
             raise DistillError(
                 f"no warehouse at {self.root} (no catalog.duckdb): run `distill run RECIPE` first, "
                 "or pass --warehouse"
             )
         return duckdb.connect(str(self.catalog_path), read_only=read_only)
+
+    def _connect_remote(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with the views over what the store holds now: the Parquet files as Arrow
+        datasets on the store (DuckDB reads only the columns and row groups a query needs), the run
+        records and eval results mirrored to a local folder (small JSON files)."""
+        parts = self._parts() + self.storage.list("traces", "run_id=*/journey-*.parquet", recursive=True)
+        runs = self._mirrored("runs")
+        if not parts and not runs:
+            raise DistillError(f"no warehouse at {self.root} (no runs, no parts): run `distill run RECIPE` "
+                               "first, or pass --warehouse")
+        decisions = self._decisions()
+        con = duckdb.connect()
+        con.register("_parts", self.storage.dataset(parts, SCHEMA) if parts else SCHEMA.empty_table())
+        con.register("_decisions", self.storage.dataset(decisions, DECISIONS_SCHEMA) if decisions
+                     else DECISIONS_SCHEMA.empty_table())
+        evals = self._mirrored("evals")
+        self._create_views(con, "_parts", "_decisions", _sql_list([str(self._mirror / "runs" / "*.json")]) if runs else None,
+                           _sql_list([str(self._mirror / "evals" / "*.json")]) if evals else None)
+        return con
+
+    def _mirrored(self, folder: str) -> list[str]:
+        """Copy the store's `<folder>/*.json` to this process's local mirror (only files that changed);
+        returns their names."""
+        if self._mirror is None:
+            self._mirror = Path(tempfile.mkdtemp(prefix="distill-mirror-"))
+            atexit.register(shutil.rmtree, self._mirror, ignore_errors=True)
+        local = self._mirror / folder
+        local.mkdir(parents=True, exist_ok=True)
+        names = []
+        for rel in self.storage.list(folder, "*.json"):
+            name = rel.rsplit("/", 1)[1]
+            names.append(name)
+            try:
+                (local / name).write_bytes(self.storage.read_bytes(rel))
+            except FileNotFoundError:  # removed since the listing
+                names.pop()
+        for stale in set(p.name for p in local.glob("*.json")) - set(names):
+            (local / stale).unlink(missing_ok=True)
+        return names
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         con = self.connect(read_only=True)
@@ -352,6 +553,58 @@ class Warehouse:
         finally:
             con.close()
 
+
+def merge_runs(records: list[dict]) -> dict:
+    """The run's record from the records of the workers that share it (each names itself in `worker`).
+
+    Calls are every worker's (by call_id, in start order); the timings and counts are summed over them;
+    a shard's filter report is the one written last (`at`); failures are the workers' own. The run is
+    running while any worker runs, failed if one failed, incomplete if a worker is missing or left
+    samples unmade, finished when every one of its `workers` finished.
+    """
+    records = sorted(records, key=lambda r: r.get("started_at") or "")
+    run = {k: v for k, v in records[-1].items() if k != "worker"}
+    calls: dict[str, dict] = {}
+    for r in records:
+        for c in r.get("calls") or []:
+            calls[c.get("call_id") or c.get("started_at") or ""] = c
+    run["calls"] = sorted(calls.values(), key=lambda c: c.get("started_at") or "")
+    by_shard: dict[int, dict] = {}
+    for r in records:
+        for e in r.get("filters_by_shard") or []:
+            if e["shard"] not in by_shard or (e.get("at") or "") >= (by_shard[e["shard"]].get("at") or ""):
+                by_shard[e["shard"]] = e
+    run["filters_by_shard"] = [by_shard[i] for i in sorted(by_shard)]
+    totals: dict[str, float] = {}
+    for c in run["calls"]:
+        for k, v in (c.get("timings") or {}).items():
+            totals[k] = totals.get(k, 0.0) + v
+    run["timings"] = totals
+    run["samples_generated"] = sum(c.get("generated") or 0 for c in run["calls"])
+    run["samples_reused"] = sum(c.get("reused") or 0 for c in run["calls"])
+    run["teacher_calls"] = sum(c.get("teacher_calls") or 0 for c in run["calls"])
+    run["failures"] = [f for r in records for f in r.get("failures") or []][:100]
+    run["failed_samples"] = sum(r.get("failed_samples") or 0 for r in records)
+    run["errors"] = [r["error"] for r in records if r.get("error")]
+    run["error"] = run["errors"][0] if run["errors"] else None
+    workers = max(r.get("workers") or 1 for r in records)
+    latest = {r.get("worker"): r for r in records}  # a worker's file holds its last call
+    statuses = {w: latest[w].get("status") for w in latest}
+    run["workers"], run["worker_status"] = workers, {str(w): s for w, s in sorted(statuses.items())}
+    if "running" in statuses.values():
+        run["status"] = "running"
+    elif "failed" in statuses.values():
+        run["status"] = "failed"
+    elif len(statuses) < workers or "incomplete" in statuses.values():
+        run["status"] = "incomplete"
+    else:
+        run["status"] = "finished"
+    run["started_at"] = records[0].get("started_at")
+    run["finished_at"] = None if run["status"] == "running" else max(r.get("finished_at") or "" for r in records) or None
+    for r in records:
+        for mode, stats in (r.get("journeys") or {}).items():
+            run.setdefault("journeys", {})[mode] = stats
+    return run
 
 
 # The shape of runs/<run_id>.json. 1 (no record_version): written before the record kept every call of a run
