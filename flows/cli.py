@@ -29,7 +29,29 @@ app = typer.Typer(help="distill: distillation data for reasoning models. Sample 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
-WAREHOUSE_HELP = "Warehouse root folder (default: the recipe's, else ./distill-data)."
+WAREHOUSE_HELP = ("Warehouse root: a folder or an object-store URL such as s3://bucket/prefix (default: the "
+                  "recipe's, else ./distill-data).")
+
+
+def parse_worker(text: str) -> tuple[int, int]:
+    """--worker K/N: this process is worker K (from 0) of N sharing the run."""
+    k, sep, n = text.partition("/")
+    try:
+        worker, workers = int(k), int(n)
+    except ValueError:
+        worker = workers = -1
+    if not sep or workers < 1 or not 0 <= worker < workers:
+        raise ConfigError(f"--worker {text!r}: expected K/N with 0 <= K < N, e.g. --worker 0/4 for the first of 4")
+    return worker, workers
+
+
+def log_path(warehouse: str, run_id: str, worker: int = 0, workers: int = 1) -> Path:
+    """Where a run's engine logs go: <warehouse>/logs/ for a folder; ./distill-logs/ on this machine when the
+    warehouse is object storage (a log grows line by line, an object is written whole)."""
+    from distill.warehouse.storage import is_url
+
+    name = run_id + (f".worker-{worker}-of-{workers}" if workers > 1 else "") + ".log"
+    return (Path("distill-logs") if is_url(warehouse) else Path(warehouse) / "logs") / name
 
 
 def fail(message: str) -> None:
@@ -37,7 +59,8 @@ def fail(message: str) -> None:
     raise DistillError(message)
 
 
-def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[Path]):
+def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Optional[str],
+            worker: Optional[str] = None):
     """Load and check everything a run needs; each problem is one line on stderr and exit code 2."""
     from distill.config import parse_set
     from distill.flows.recipe import load_recipe
@@ -49,7 +72,12 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
         overrides["limit"] = limit
     if warehouse is not None:
         overrides["warehouse"] = str(warehouse)
+    if worker is not None:
+        overrides["worker"], overrides["workers"] = parse_worker(worker)
     rcp = load_recipe(recipe, overrides)
+    if rcp.execution.worker >= rcp.execution.workers:
+        raise ConfigError(f"worker {rcp.execution.worker} of {rcp.execution.workers}: worker must be below workers "
+                          "(workers are numbered from 0)")
     backend = rcp.backend_name()
     if backend == "openai" and not rcp.serving.api_base:
         raise ConfigError("backend openai needs api_base, e.g. --set api_base=http://127.0.0.1:8000/v1")
@@ -71,14 +99,17 @@ def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/default.yaml."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set n=8 (repeatable)."),
-    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+    warehouse: Optional[str] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="Start a new run instead of resuming the same recipe's."),
+    worker: Optional[str] = typer.Option(None, "--worker", help="K/N: share the run with N-1 other `distill run` "
+                                         "processes (this or other machines, one warehouse): this one takes the "
+                                         "shards i with i % N == K. Start all N with the same recipe."),
     verbose: bool = typer.Option(False, "--verbose", help="Also show the engine's logs (vLLM, Prefect, warnings) "
                                  "here; without it they go only to <warehouse>/logs/RUN_ID.log."),
 ):
     """Generate traces for a recipe, verify and filter them, store them, and print the funnel."""
 
-    rcp, backend, problems = prepare(recipe, set_, limit, warehouse)
+    rcp, backend, problems = prepare(recipe, set_, limit, warehouse, worker)
     from distill.flows.generate import run_generate, run_id_for
 
     run_id = run_id_for(rcp, fresh)
@@ -90,7 +121,8 @@ def run(
     else:  # the terminal shows the progress bar (named by the run id), the funnel and errors; the rest is logged
         from distill.flows.logs import to_log_file
 
-        to_log_file(Path(rcp.execution.warehouse) / "logs" / f"{run_id}.log", {"stdout": out, "stderr": err}, command)
+        to_log_file(log_path(rcp.execution.warehouse, run_id, rcp.execution.worker, rcp.execution.workers),
+                    {"stdout": out, "stderr": err}, command)
         print(header, file=sys.stderr, flush=True)  # fd 2 is the run's log file now
     result = run_generate(rcp, run_id, recipe.parent.absolute(), command)
     print_funnel(rcp.execution.warehouse, run_id, result)
@@ -108,7 +140,7 @@ def serve(
     name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: the recipe's name)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N problems."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key (repeatable)."),
-    warehouse: Optional[Path] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+    warehouse: Optional[str] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
 ):
     """Serve the recipe as a Prefect deployment on a cron schedule, from this process.
 
@@ -175,8 +207,8 @@ def print_funnel(root: str, run_id: str, run: dict) -> None:
               + (f"  ·  {run['shards_resumed']} of {run['shards']} shards already done" if run.get("shards_resumed") else "")
               + f"  ·  this call: {call.get('generated', 0)} samples from the teacher, {call.get('reused', 0)} reused"
               + origin + recovered, highlight=False)
-    out.print(f"query it: distill sql \"select rejected_by, count(*) from traces group by 1\""
-              + ("" if Path(root) == Path("./distill-data") else f" --warehouse {root}"), highlight=False)
+    out.print("query it: distill sql \"select rejected_by, count(*) from traces group by 1\""
+              + ("" if str(root) in ("./distill-data", "distill-data") else f" --warehouse {root}"), highlight=False)
 
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -185,7 +217,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, filter_funnel, journeys, runs, evals."),
-    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
     fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
                                       "suffix, else table)."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file instead of stdout."),
@@ -244,7 +276,7 @@ def print_rows(cols: list[str], rows: list[tuple], null: str = "") -> None:
 
 
 @app.command()
-def runs(warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder.")):
+def runs(warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder.")):
     """List the runs in the warehouse: status, counts, tokens, wall time."""
     from distill.warehouse.store import Warehouse
 
@@ -260,7 +292,7 @@ def runs(warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", h
 @app.command()
 def show(
     run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
-    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
 ):
     """What one run did: recipe, command, versions, git revision, timings, tokens and the funnel."""
     import yaml
@@ -270,7 +302,7 @@ def show(
     wh = Warehouse(warehouse)
     run = wh.read_run(run_id)
     if run is None:
-        known = sorted(p.stem for p in (wh.root / "runs").glob("*.json"))
+        known = wh.run_ids()
         fail(f"no run {run_id!r} in {wh.root} (runs: {', '.join(known) or 'none'})")
     out.print(f"[bold]{run_id}[/]  {run['status']}  {run['started_at']} → {run.get('finished_at')}", highlight=False)
     for key in ("command", "backend", "teacher", "git_sha", "error"):
@@ -300,7 +332,7 @@ def export(
     hub: Optional[str] = typer.Option(None, "--hub", help="Also push to this Hugging Face dataset repo (org/name)."),
     private: bool = typer.Option(False, "--private", help="With --hub: create the repo private."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an earlier export included)."),
-    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
 ):
     """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
     from distill.warehouse.export import export as do_export, push_to_hub
@@ -335,7 +367,7 @@ def journeys(
                                                   "corrections, caps) from this recipe instead of the run's."),
     batch: int = typer.Option(64, "--batch", help="teacher: wrong paths sent to the teacher at once; finished "
                               "journeys are saved after each batch, so a crash loses at most one."),
-    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
 ):
     """Build journey rows (kind = journey: a wrong path, noticed, then a right one) from a run's samples."""
     from distill.flows.journey import build_journeys, recipe_of_run
@@ -353,7 +385,7 @@ def journeys(
     out.print(f"{mode} journeys for {run_id}: {stats['built']} built, {stats['reused']} already stored "
               f"({stats['asked']} teacher prompts); {stats['journeys']} stored, {stats['kept']} kept over "
               f"{stats['problems_kept']} problems (rejected: {rejected}) in {stats['seconds']} s", highlight=False)
-    out.print(f"see them: distill sql \"select * from journeys\"; train on them: distill export --variant journey",
+    out.print("see them: distill sql \"select * from journeys\"; train on them: distill export --variant journey",
               highlight=False)
 
 
@@ -406,7 +438,7 @@ def eval_(
                                           "turns and prompt_template (default: the bare question, zero-shot)."),
     question_field: str = typer.Option("question", "--question-field", help="For a dataset file: question column."),
     answer_field: str = typer.Option("answer", "--answer-field", help="For a dataset file: answer column."),
-    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Where the result is stored."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Where the result is stored."),
 ):
     """Evaluate a model: pass@1 over n samples and maj@k, with the same verifier as the data; stores the result."""
     from distill.flows.recipe import load_recipe
@@ -501,7 +533,7 @@ def write_page(warehouse: Path, what: str, render) -> None:
 @app.command()
 def report(
     run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
-    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
     out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
 ):
     """One run as a self-contained HTML page (no network needed to view it): summary, funnel, reasoning
@@ -516,7 +548,7 @@ def report(
 def compare(
     run_a: str = typer.Argument(..., help="The first run id (A)."),
     run_b: str = typer.Argument(..., help="The second run id (B), e.g. another teacher or temperature."),
-    warehouse: Path = typer.Option(Path("./distill-data"), "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
     out_path: Path = typer.Option(Path("compare.html"), "--out", help="HTML file to write."),
 ):
     """Two runs side by side on one self-contained HTML page: the report's figures for each, and the

@@ -21,6 +21,7 @@ import platform
 import subprocess
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
@@ -143,6 +144,7 @@ class Checkpoints:
 
     def flush(self) -> None:
         if self.buffer:
+            # a failed write (the store unreachable) keeps the buffer for the next flush; the last one raises
             self.wh.write_checkpoint(self.run_id, self.shard, self.buffer)
             self.buffer = []
         self.last = time.monotonic()
@@ -368,31 +370,37 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     if plan != previous_plan:
         wh.write_plan(run_id, plan)  # before any shard is stored: the shards' contents are fixed from here
     shards = [[by_id[pid] for pid in ids if pid in by_id] for ids in plan]
-    todo = [i for i in range(len(plan))
+    workers, worker = recipe.execution.workers, recipe.execution.worker
+    mine = [i for i in range(len(plan)) if i % workers == worker]  # --worker K/N: every N-th shard from K
+    todo = [i for i in mine
             if (shards[i] or wh.part_exists(run_id, i))
             and wh.part_missing(run_id, i, shard_key(shards[i], recipe.sampling.n)) != 0]
-    for i in wh.checkpointed_shards(run_id) - set(todo):  # a crash between a part's rename and its checkpoints' removal
+    for i in wh.checkpointed_shards(run_id) & set(mine) - set(todo):  # a crash between a part's write and its checkpoints' removal
         wh.drop_checkpoints(run_id, i)
     # The generation cache: where the samples the shards to do need are stored, in any run.
     wanted = {i: [tid for p in shards[i] for tid in sample_ids(recipe, p)] for i in todo}
     stored = wh.find_samples(tid for ids in wanted.values() for tid in ids)
     backend = recipe.backend_name()
     previous = wh.read_run(run_id) or {}
-    call = {"started_at": datetime.now(timezone.utc).isoformat(), "finished_at": None, "status": "running",
+    call = {"call_id": uuid.uuid4().hex[:16], "started_at": datetime.now(timezone.utc).isoformat(),
+            "finished_at": None, "status": "running",
             "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
             "completion_tokens": 0, "reused_from": []}
     calls = [*(previous.get("calls") or []), call]  # read_run gives an older record the current shape
-    by_shard = {e["shard"]: e["filters"] for e in previous.get("filters_by_shard") or []}
+    # each shard's filter report, and when it was made (several workers' reports are merged by it)
+    by_shard = {e["shard"]: e for e in previous.get("filters_by_shard") or []}
     run = {
         "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
         "status": "running", "started_at": call["started_at"], "finished_at": None,
         "backend": backend, "teacher": recipe.teacher.model, "versions": versions(), "git_sha": git_sha(),
-        "problems": len(by_id), "shards": len(shards), "shards_resumed": len(shards) - len(todo),
+        "problems": len(by_id), "shards": len(shards), "shards_resumed": len(mine) - len(todo),
         "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
         "error": None, "failed_samples": 0, "failures": [],
     }
     if previous.get("journeys"):  # built by earlier calls or `distill journeys`
         run["journeys"] = previous["journeys"]
+    if workers > 1:
+        run["worker"], run["workers"] = worker, workers
 
     def record() -> None:
         """Write the record as it stands: after each shard too, so a killed call loses no finished shard's report."""
@@ -402,9 +410,12 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         run["samples_generated"] = sum(c.get("generated") or 0 for c in calls)
         run["samples_reused"] = sum(c.get("reused") or 0 for c in calls)
         run["teacher_calls"] = sum(c.get("teacher_calls") or 0 for c in calls)
-        run["filters_by_shard"] = [{"shard": i, "filters": by_shard[i]} for i in sorted(by_shard)]
-        run["filters"] = filters_mod.merge_filter_reports([by_shard[i] for i in sorted(by_shard)])
-        wh.write_run(run)
+        run["filters_by_shard"] = [by_shard[i] for i in sorted(by_shard)]
+        run["filters"] = filters_mod.merge_filter_reports([by_shard[i]["filters"] for i in sorted(by_shard)])
+        if workers > 1:  # a file of this worker's own; the run's record is merged from all of them
+            wh.write_worker_run(run, worker, workers)
+        else:
+            wh.write_run(run)
 
     record()
     try:
@@ -421,7 +432,8 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                         bar.update(1)
                         continue
                     failures += counts["failures"]
-                    by_shard[counts["shard"]] = counts["filter_reports"]
+                    by_shard[counts["shard"]] = {"shard": counts["shard"], "filters": counts["filter_reports"],
+                                                 "at": datetime.now(timezone.utc).isoformat()}
                     for k, v in counts["timings"].items():
                         timings[k] = timings.get(k, 0.0) + v
                     call["shards_done"] += 1
@@ -445,13 +457,17 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         call["status"] = run["status"]
         record()
         wh.refresh()
-    if recipe.journeys.journey:  # from the stored samples, so a resumed run builds them from all of its samples
+    # Steps over the whole run: with workers, the one that finds every worker finished takes them
+    merged = wh.read_run(run_id) or {} if workers > 1 else run
+    last = workers == 1 or (len(merged.get("worker_status") or {}) == workers
+                            and merged.get("status") in ("finished", "incomplete"))
+    if recipe.journeys.journey and last:  # from the stored samples, so a resumed run builds them from all of its samples
         done = (previous.get("journeys") or {}).get(recipe.journeys.journey)
-        if todo or not done or not wh.journey_path(run_id, recipe.journeys.journey).exists():
+        if todo or workers > 1 or not done or not wh.journey_exists(run_id, recipe.journeys.journey):
             done = journeys_task(recipe, run_id)
         run.setdefault("journeys", {})[recipe.journeys.journey] = done
-        wh.write_run(run)
-    summary_artifact(wh, run)
+        record()
+    summary_artifact(wh, wh.read_run(run_id) if workers > 1 else run)
     return run
 
 

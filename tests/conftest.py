@@ -66,6 +66,74 @@ def shared_prefect_server(request, tmp_path_factory):
         log.close()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    """A real S3 API on 127.0.0.1: moto's standalone server (`moto_server -p PORT`), in its own process group."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 60) -> "MotoServer":
+        import httpx
+
+        moto = Path(sys.executable).with_name("moto_server")
+        self.proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:  # start-up takes a few seconds on a busy machine: poll the port
+            try:
+                httpx.get(self.endpoint, timeout=2)
+                return self
+            except httpx.HTTPError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on port {self.port}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+
+    def env(self) -> dict:
+        """The standard AWS variables a user sets for an S3-compatible endpoint (here: moto's test keys)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_REGION": "us-east-1"}
+
+    def bucket(self, name: str) -> str:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_root(moto_server, monkeypatch, request):
+    """`s3://<a new bucket>/wh` on the session's moto server, with the AWS variables set in this process
+    (and so in every `distill` subprocess run_cli starts)."""
+    for k, v in moto_server.env().items():
+        monkeypatch.setenv(k, v)
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-") + \
+           f"-{time.monotonic_ns() % 100000}"
+    return f"s3://{moto_server.bucket(name)}/wh"
+
+
 @pytest.fixture
 def make_trace():
     from distill.warehouse.schema import Trace, split_think

@@ -21,7 +21,7 @@ from distill.generators.base import SamplingConfig, build_messages
 from distill.generators.models import resolve_model
 from distill.generators.problems import Problem, load_problems
 from distill.verifiers import Verdict, verify_batch
-from distill.files import remove_leftovers, write_text
+from distill.files import remove_leftovers
 
 EVAL_BATCH = 32  # problems per generate call
 
@@ -165,16 +165,20 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
                       per_problem)
 
 
-def save(result: EvalResult, root: str | Path) -> Path:
+def save(result: EvalResult, root: str | Path) -> Path | str:
     """Write `<root>/evals/<eval_id>.json` all or nothing.
 
     The temporary file (distill.files) ends in `.partial`, never matched by the `evals` view's
     `evals/*.json`, so a crash mid-write leaves a file no reader sees instead of a half JSON that
     breaks the view.
     """
-    folder = Path(root) / "evals"
-    # An older writer named its temporary file `.tmp-<eval_id>.json`: one left by a crash breaks the
-    # view. No writer makes such names now, so one found here is a leftover.
-    remove_leftovers(folder, ".tmp-*.json")
+    from distill.warehouse.store import Warehouse
+
+    wh = Warehouse(root)
+    if wh.local:
+        # An older writer named its temporary file `.tmp-<eval_id>.json`: one left by a crash breaks the
+        # view. No writer makes such names now, so one found here is a leftover.
+        remove_leftovers(wh.storage.path / "evals", ".tmp-*.json")
     record = {**result.__dict__, "created_at": datetime.now(timezone.utc).isoformat(), "timestamp": time.time()}
-    return write_text(folder / f"{result.eval_id}.json", json.dumps(record, indent=1, default=list))
+    wh.storage.write_text(f"evals/{result.eval_id}.json", json.dumps(record, indent=1, default=list))
+    return wh._at(f"evals/{result.eval_id}.json")

@@ -213,14 +213,19 @@ def compare_html(root: str | os.PathLike, run_a: str, run_b: str) -> str:
     return page([load(root, run_a), load(root, run_b)], Warehouse(root).root)
 
 
-def default_path(root: str | os.PathLike, run_id: str) -> Path:
-    return Warehouse(root).root / "reports" / f"{run_id}.html"
+def default_path(root: str | os.PathLike, run_id: str) -> Path | str:
+    return Warehouse(root)._at(f"reports/{run_id}.html")
 
 
-def write_report(root: str | os.PathLike, run_id: str, out: str | os.PathLike | None = None) -> Path:
-    """Render one run's report to `out` (default <root>/reports/<run_id>.html); returns the path.
-    Written whole or not at all: a reader (a browser, the Prefect UI's link) never sees half a page."""
-    return write_text(Path(out) if out else default_path(root, run_id), report_html(root, run_id))
+def write_report(root: str | os.PathLike, run_id: str, out: str | os.PathLike | None = None) -> Path | str:
+    """Render one run's report to `out` (default <root>/reports/<run_id>.html, on the warehouse's store);
+    returns where. Written whole or not at all: a reader (a browser, the Prefect UI's link) never sees half a page."""
+    html = report_html(root, run_id)
+    if out:
+        return write_text(Path(out), html)
+    wh = Warehouse(root)
+    wh.storage.write_text(f"reports/{run_id}.html", html)
+    return wh._at(f"reports/{run_id}.html")
 
 
 def write_compare(root: str | os.PathLike, run_a: str, run_b: str, out: str | os.PathLike) -> Path:
@@ -231,7 +236,9 @@ def publish(root: str | os.PathLike, run_id: str) -> str:
     """Write <root>/reports/<run_id>.html; return markdown for a Prefect artifact: the summary table and
     where the page is. The page itself (its PNGs inlined, a few hundred KB) is too big for an artifact."""
     d = load(root, run_id)
-    path = write_text(default_path(root, run_id), page([d], Warehouse(root).root))
+    wh = Warehouse(root)
+    wh.storage.write_text(f"reports/{run_id}.html", page([d], wh.root))
+    path = default_path(root, run_id)
     lines = ["| | |", "|---|---:|"] + [f"| {label} | {fmt(d.summary[key], kind)} |"
                                         for key, label, kind in SUMMARY_ROWS]
     rejected = [f"{o} {n:,}" for o, n, *_ in d.tokens if o != "kept"]

@@ -56,7 +56,7 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
     record = wh.read_run(run_id)
     if record is None:
         if not q("SELECT 1 FROM traces WHERE run_id = ? LIMIT 1"):
-            known = {p.stem for p in (wh.root / "runs").glob("*.json")}
+            known = set(wh.run_ids())
             known |= {r for (r,) in con.execute("SELECT DISTINCT run_id FROM traces").fetchall() if r}
             raise DistillError(f"no run {run_id!r} in {wh.root} (runs: {', '.join(sorted(known)) or 'none'})")
         record = {}

@@ -241,13 +241,15 @@ class Warehouse:
                  if r.rsplit("/", 1)[1].startswith(("part-", "ckpt-")) and r.count("/") == 2]
         if not files or not wanted:
             return {}
-        dataset = self.storage.dataset(files, SCHEMA)
-        table = dataset.to_table(
-            columns={"trace_id": pc.field("trace_id"), "file": pc.field("__filename"),
-                     "origin": pc.coalesce(pc.field("reused_from"), pc.field("run_id"))},
+        scanner = self.storage.dataset(files, SCHEMA).scanner(
+            columns={"trace_id": pc.field("trace_id"), "origin": pc.coalesce(pc.field("reused_from"), pc.field("run_id"))},
             filter=(pc.field("kind") == "sample") & pc.field("trace_id").isin(pa.array(wanted, pa.string())))
-        rows = sorted(zip(*(table.column(c).to_pylist() for c in ("trace_id", "file", "origin"))),
-                      key=lambda r: (r[0], r[1].rsplit("/", 1)[1].startswith("ckpt-"), r[1]))
+        rows = []
+        for batch in scanner.scan_batches():  # each batch knows the file it came from
+            path = batch.fragment.path
+            rows += [(t, path, o) for t, o in zip(batch.record_batch.column(0).to_pylist(),
+                                                   batch.record_batch.column(1).to_pylist())]
+        rows.sort(key=lambda r: (r[0], r[1].rsplit("/", 1)[1].startswith("ckpt-"), r[1]))
         found: dict[str, tuple[str, str]] = {}
         for trace_id, filename, origin in rows:
             found.setdefault(trace_id, (filename, origin))
