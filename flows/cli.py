@@ -29,6 +29,7 @@ app = typer.Typer(help="distill: distillation data for reasoning models. Sample 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
+ROOT_HELP = "Warehouse root: a folder or an object-store URL such as s3://bucket/prefix."
 WAREHOUSE_HELP = ("Warehouse root: a folder or an object-store URL such as s3://bucket/prefix (default: the "
                   "recipe's, else ./distill-data).")
 
@@ -217,7 +218,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, filter_funnel, journeys, runs, evals."),
-    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
                                       "suffix, else table)."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file instead of stdout."),
@@ -276,7 +277,7 @@ def print_rows(cols: list[str], rows: list[tuple], null: str = "") -> None:
 
 
 @app.command()
-def runs(warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder.")):
+def runs(warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP)):
     """List the runs in the warehouse: status, counts, tokens, wall time."""
     from distill.warehouse.store import Warehouse
 
@@ -292,7 +293,7 @@ def runs(warehouse: str = typer.Option("./distill-data", "--warehouse", help="Wa
 @app.command()
 def show(
     run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
-    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
 ):
     """What one run did: recipe, command, versions, git revision, timings, tokens and the funnel."""
     import yaml
@@ -332,7 +333,7 @@ def export(
     hub: Optional[str] = typer.Option(None, "--hub", help="Also push to this Hugging Face dataset repo (org/name)."),
     private: bool = typer.Option(False, "--private", help="With --hub: create the repo private."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an earlier export included)."),
-    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
 ):
     """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
     from distill.warehouse.export import export as do_export, push_to_hub
@@ -367,7 +368,7 @@ def journeys(
                                                   "corrections, caps) from this recipe instead of the run's."),
     batch: int = typer.Option(64, "--batch", help="teacher: wrong paths sent to the teacher at once; finished "
                               "journeys are saved after each batch, so a crash loses at most one."),
-    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
 ):
     """Build journey rows (kind = journey: a wrong path, noticed, then a right one) from a run's samples."""
     from distill.flows.journey import build_journeys, recipe_of_run
@@ -533,7 +534,7 @@ def write_page(warehouse: Path, what: str, render) -> None:
 @app.command()
 def report(
     run_id: str = typer.Argument(..., help="A run id, as `distill runs` lists them."),
-    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
     out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
 ):
     """One run as a self-contained HTML page (no network needed to view it): summary, funnel, reasoning
@@ -548,7 +549,7 @@ def report(
 def compare(
     run_a: str = typer.Argument(..., help="The first run id (A)."),
     run_b: str = typer.Argument(..., help="The second run id (B), e.g. another teacher or temperature."),
-    warehouse: str = typer.Option("./distill-data", "--warehouse", help="Warehouse root folder."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
     out_path: Path = typer.Option(Path("compare.html"), "--out", help="HTML file to write."),
 ):
     """Two runs side by side on one self-contained HTML page: the report's figures for each, and the

@@ -1,0 +1,221 @@
+"""`distill` against a warehouse on object storage, as users run it: real `distill run` processes (several at
+once, on one S3 warehouse), a real S3 API (moto's server), the embedded model. Every command that reads the
+warehouse works on the URL; workers share a run without a lock; a kill -9 or a store that goes away loses
+nothing written."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from distill.warehouse.store import Warehouse
+from tests.conftest import DISTILL, ROOT, MotoServer, free_port, run_cli
+from tests.test_e2e import check_warehouse
+
+pytestmark = pytest.mark.slow  # a real model, server, Prefect flow or CLI subprocess
+
+SMALL = ["--set", "backend=transformers", "--set", "shard_size=1", "--set", "n=2", "--set", "parallel_shards=1",
+         "--set", "max_tokens=16", "--set", "checkpoint_seconds=0"]
+
+
+def test_default_recipe_on_s3_and_every_command_that_reads_it(s3_root, tmp_path):
+    proc = run_cli("run", "recipes/default.yaml", "--limit", "4", "--warehouse", s3_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "verified correct" in proc.stdout
+    assert (ROOT / "distill-logs").is_dir()  # the engine's log stays on this machine (an object is written whole)
+    wh = Warehouse(s3_root)
+    run_id = check_warehouse(wh, problems=4, n=4)
+    assert wh.read_run(run_id)["recipe"]["warehouse"] == s3_root
+    assert wh.storage.exists(f"reports/{run_id}.html")  # the flow's report, on the store
+    assert not (ROOT / "s3:").exists()  # the URL was never taken for a local folder
+
+    sql = run_cli("sql", "select count(*) as n from traces", "--warehouse", s3_root, "--format", "csv", timeout=120)
+    assert sql.returncode == 0 and sql.stdout.split() == ["n", "16"], sql.stderr[-2000:]
+    runs = run_cli("runs", "--warehouse", s3_root, timeout=120)
+    assert runs.returncode == 0 and run_id in runs.stdout
+    report = run_cli("report", run_id, "--warehouse", s3_root, "--out", str(tmp_path / "r.html"), timeout=120)
+    assert report.returncode == 0 and run_id in (tmp_path / "r.html").read_text()
+    journeys = run_cli("journeys", run_id, "--warehouse", s3_root, timeout=300)
+    assert journeys.returncode == 0, journeys.stderr[-2000:]
+    assert wh.journey_exists(run_id, "template")
+    exported = run_cli("export", "--out", str(tmp_path / "ds"), "--variant", "mixed", "--warehouse", s3_root,
+                       timeout=300)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    kept = wh.query("select count(*) from traces where kept")[1][0][0]
+    assert kept > 0 and list((tmp_path / "ds" / "data").glob("train-*.parquet"))
+    # training reads the warehouse through export; evaluation stores its result there
+    from distill.trainers.sft import TrainConfig, load_rows
+
+    rows = load_rows(TrainConfig.build({"data": "warehouse", "warehouse": s3_root, "variant": "shortcut"}))
+    assert len(rows) == wh.query("select count(*) from accepted where kind = 'sample'")[1][0][0]
+    ev = run_cli("eval", "--model", "smollm2-135m", "--benchmark", "addition", "--limit", "2", "--n", "1",
+                 "--backend", "transformers", "--max-tokens", "16", "--warehouse", s3_root, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert wh.query("select count(*) from evals")[1] == [(1,)]
+
+
+READER = textwrap.dedent("""
+    import json, os, sys, time
+    sys.path.insert(0, {root!r})
+    from distill.warehouse.store import Warehouse
+
+    wh, stop, counts, errors = Warehouse(sys.argv[1]), sys.argv[2], [], []
+    while not os.path.exists(stop):
+        try:
+            counts.append(wh.query("select count(*), count(distinct trace_id) from traces")[1][0])
+        except Exception as e:  # a query that fails is a finding: recorded as raised
+            if "no warehouse at" not in str(e):  # before the first run record or part
+                errors.append(f"{{type(e).__name__}}: {{e}}")
+        time.sleep(0.2)
+    print(json.dumps({{"counts": counts, "errors": errors}}))
+""").format(root=str(ROOT))
+
+
+def start_worker(root: str, k: int, n: int, limit: int = 8) -> subprocess.Popen:
+    return subprocess.Popen([*DISTILL, "run", "recipes/default.yaml", "--limit", str(limit), *SMALL,
+                             "--warehouse", root, "--worker", f"{k}/{n}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_four_workers_write_one_s3_warehouse_while_another_process_queries(s3_root, tmp_path):
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, s3_root, str(stop)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    workers = [start_worker(s3_root, k, 4) for k in range(4)]
+    outs = [w.communicate(timeout=900) for w in workers]
+    stop.touch()
+    seen = json.loads(reader.communicate(timeout=120)[0])
+    for w, (_, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+    wh = Warehouse(s3_root)
+    run_id, = wh.run_ids()
+    run = wh.read_run(run_id)
+    assert run["status"] == "finished" and run["workers"] == 4 and len(run["calls"]) == 4
+    assert run["worker_status"] == {str(k): "finished" for k in range(4)}
+    # every shard once, by the worker it belongs to; every sample once
+    assert [p.rsplit("/", 1)[1] for p in wh.parts()] == [f"part-{i:05d}.parquet" for i in range(8)]
+    assert wh.query("select count(*), count(distinct trace_id) from traces")[1] == [(16, 16)]
+    assert run["samples_generated"] == 16 and wh.query("select status from runs")[1] == [("finished",)]
+    # the reader never failed, and never saw a sample twice or a count go down
+    assert seen["errors"] == [] and len(seen["counts"]) > 5
+    assert all(total == distinct for total, distinct in seen["counts"])
+    totals = [t for t, _ in seen["counts"]]
+    assert totals == sorted(totals) and totals[-1] == 16
+
+
+def test_kill_9_of_a_worker_mid_run_then_rerun_gives_every_sample_exactly_once(s3_root):
+    wh = Warehouse(s3_root)
+    first, other = start_worker(s3_root, 0, 2), start_worker(s3_root, 1, 2)
+    deadline = time.monotonic() + 600
+    # kill worker 0 (its whole process group, as a preempted machine) once it has stored something of its own
+    while not any(r.split("/")[-1].startswith(("ckpt-00000", "ckpt-00002", "part-00000", "part-00002"))
+                  for r in wh.storage.list("traces", "run_id=*/*.parquet", recursive=True)):
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "worker 0 stored nothing"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    _, err = other.communicate(timeout=900)
+    assert other.returncode == 0, err[-3000:]
+    run_id, = wh.run_ids()
+    assert wh.read_run(run_id)["status"] != "finished"  # worker 0 never finished
+    stored_before = {r[0] for r in wh.query("select trace_id from traces")[1]} | {
+        t for r in wh.storage.list(f"traces/run_id={run_id}", "ckpt-*.parquet")
+        for t in wh.storage.read_parquet(r, columns=["trace_id"]).column(0).to_pylist()}
+    again = start_worker(s3_root, 0, 2)
+    _, err = again.communicate(timeout=900)
+    assert again.returncode == 0, err[-3000:]
+    assert wh.query("select count(*), count(distinct trace_id) from traces")[1] == [(16, 16)]
+    run = wh.read_run(run_id)
+    assert run["status"] == "finished"
+    # what the killed worker stored was copied, not paid again: the teacher made each sample at most once
+    # (the kill cost only what was in flight)
+    generated = run["samples_generated"]
+    assert generated <= 16 + 2 and generated - 16 <= 16 - len(stored_before)
+    assert not wh.storage.list(f"traces/run_id={run_id}", "ckpt-*.parquet")  # folded into the parts
+
+
+class Gate:
+    """A TCP relay in front of the S3 server that can be shut: the store going away (a network cut, a dead
+    endpoint) while moto, which keeps its data in memory only, stays up with everything written so far."""
+
+    def __init__(self, target_port: int):
+        self.target, self.port, self.open = target_port, free_port(), True
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while self.open:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def shut(self):
+        self.open = False
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+
+
+def test_the_store_going_away_mid_run_is_one_clear_error_and_loses_nothing_written(moto_server, monkeypatch):
+    bucket = moto_server.bucket("gone-mid-run")
+    gate = Gate(moto_server.port)
+    env = {**moto_server.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{gate.port}", "DISTILL_S3_ATTEMPTS": "2"}
+    root = f"s3://{bucket}/wh"
+    proc = subprocess.Popen([*DISTILL, "run", "recipes/default.yaml", "--limit", "6", *SMALL, "--warehouse", root],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env}, start_new_session=True)
+    direct = {**os.environ, **moto_server.env()}
+    for k, v in moto_server.env().items():
+        monkeypatch.setenv(k, v)
+    wh = Warehouse(root)  # straight to the server, past the gate
+    deadline = time.monotonic() + 600
+    while len(wh.parts()) < 2:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gate.shut()
+    before = {p: wh.storage.read_bytes(p.split(root + "/", 1)[1]) for p in wh.parts()}
+    _, err = proc.communicate(timeout=600)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, err[-3000:]
+    assert f"warehouse {root}: cannot" in lines[0] and "testing" not in lines[0]
+    assert "Traceback" not in err
+    # nothing written before the cut is lost or changed
+    after = {p: wh.storage.read_bytes(p.split(root + "/", 1)[1]) for p in wh.parts()}
+    assert all(after[p] == b for p, b in before.items())
+    # the store back: a rerun finishes the run with every sample once
+    rerun = subprocess.run([*DISTILL, "run", "recipes/default.yaml", "--limit", "6", *SMALL, "--warehouse", root],
+                           cwd=ROOT, capture_output=True, text=True, env=direct, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert wh.query("select count(*), count(distinct trace_id) from traces")[1] == [(12, 12)]
