@@ -188,10 +188,10 @@ class Execution(Section):
     verify_workers: int = key(2, "Processes for verification of large batches.", expected="a whole number >= 1",
                               ge=1)
     task_runner: Literal["threads", "dask", "ray"] = key(
-        "threads", "threads | dask | ray: where shard tasks run. dask without dask_address starts a local cluster.",
-        expected="threads, dask or ray")
-    parallel_shards: int = key(2, "Shards in flight (threads, or local Dask workers). One engine per process serves "
-                                  "them in turn.", expected="a whole number >= 1", ge=1)
+        "threads", "threads | dask | ray: where shard tasks run. dask or ray without dask_address starts a local "
+                   "cluster.", expected="threads, dask or ray")
+    parallel_shards: int = key(2, "Shards in flight (threads, or local Dask or Ray workers). One engine per process "
+                                  "serves them in turn.", expected="a whole number >= 1", ge=1)
     dask_address: str | None = key(None, "Address of an existing Dask scheduler (or Ray cluster) to run shards on.")
     warehouse: str = key("./distill-data", "Warehouse root folder.")
     shard_size: int = key(8, "Problems per new shard (one part file). A problem keeps the shard it was first given "
