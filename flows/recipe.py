@@ -161,6 +161,9 @@ class Serving(Section):
     gpu_memory_utilization: Number | None = key(None, "vLLM memory share; default 0.9 on GPU, 0.4 on CPU.")
     tensor_parallel_size: int = key(1, "vLLM tensor parallel size (GPUs per engine).",
                                     expected="a whole number >= 1", ge=1)
+    data_parallel_size: int = key(1, "vLLM data parallel size: engine replicas, each of tensor_parallel_size GPUs "
+                                     "(GPUs used = data × tensor). vLLM's offline engine takes > 1 on TPU only.",
+                                  expected="a whole number >= 1", ge=1)
     api_base: str | None = key(None, "backend openai: the server's base URL, e.g. http://127.0.0.1:8000/v1 or "
                                      "https://api.deepseek.com/v1.")
     api_key_env: str = key("OPENAI_API_KEY", "backend openai: name of the environment variable holding the API key "
