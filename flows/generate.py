@@ -17,6 +17,7 @@ Shards are Prefect tasks on the recipe's task runner (threads, Dask or Ray); eac
 teacher engine, used by one shard at a time, while other shards verify and write.
 """
 import hashlib
+import os
 import platform
 import subprocess
 import threading
@@ -318,11 +319,19 @@ def task_runner_for(recipe: Recipe):
             return DaskTaskRunner(address=recipe.execution.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": recipe.execution.parallel_shards, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
+    # Ray workers run this interpreter: under `uv run`, Ray would otherwise start each worker with `uv run`
+    # too, shipping the current folder (a warehouse in it included) as the workers' working_dir. Read when
+    # ray is imported, which prefect_ray does lazily, on the runner's first use.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:
-        raise BackendError("task_runner ray needs prefect-ray: pip install prefect-ray") from None
-    return RayTaskRunner(address=recipe.execution.dask_address) if recipe.execution.dask_address else RayTaskRunner()
+        raise BackendError("task_runner ray needs prefect-ray: pip install 'distill[scale]'") from None
+    if recipe.execution.dask_address:
+        return RayTaskRunner(address=recipe.execution.dask_address)
+    # A local cluster runs parallel_shards shards at a time (a task takes one of its num_cpus), like Dask's
+    # n_workers; without it Ray takes every core, and each worker process loads an engine of its own.
+    return RayTaskRunner(init_kwargs={"num_cpus": recipe.execution.parallel_shards, "include_dashboard": False})
 
 
 def versions() -> dict:

@@ -161,6 +161,9 @@ class Serving(Section):
     gpu_memory_utilization: Number | None = key(None, "vLLM memory share; default 0.9 on GPU, 0.4 on CPU.")
     tensor_parallel_size: int = key(1, "vLLM tensor parallel size (GPUs per engine).",
                                     expected="a whole number >= 1", ge=1)
+    data_parallel_size: int = key(1, "vLLM data parallel size: engine replicas, each of tensor_parallel_size GPUs "
+                                     "(GPUs used = data × tensor). vLLM's offline engine takes > 1 on TPU only.",
+                                  expected="a whole number >= 1", ge=1)
     api_base: str | None = key(None, "backend openai: the server's base URL, e.g. http://127.0.0.1:8000/v1 or "
                                      "https://api.deepseek.com/v1.")
     api_key_env: str = key("OPENAI_API_KEY", "backend openai: name of the environment variable holding the API key "
@@ -188,10 +191,10 @@ class Execution(Section):
     verify_workers: int = key(2, "Processes for verification of large batches.", expected="a whole number >= 1",
                               ge=1)
     task_runner: Literal["threads", "dask", "ray"] = key(
-        "threads", "threads | dask | ray: where shard tasks run. dask without dask_address starts a local cluster.",
-        expected="threads, dask or ray")
-    parallel_shards: int = key(2, "Shards in flight (threads, or local Dask workers). One engine per process serves "
-                                  "them in turn.", expected="a whole number >= 1", ge=1)
+        "threads", "threads | dask | ray: where shard tasks run. dask or ray without dask_address starts a local "
+                   "cluster.", expected="threads, dask or ray")
+    parallel_shards: int = key(2, "Shards in flight (threads, or local Dask or Ray workers). One engine per process "
+                                  "serves them in turn.", expected="a whole number >= 1", ge=1)
     dask_address: str | None = key(None, "Address of an existing Dask scheduler (or Ray cluster) to run shards on.")
     warehouse: str = key("./distill-data", "Warehouse root: a folder, or object storage (s3://bucket/prefix, "
                                            "gs://…, any fsspec URL; endpoint and keys from the AWS variables).")

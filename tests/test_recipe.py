@@ -90,6 +90,11 @@ def test_run_ids_are_those_of_the_flat_recipe_before_sections():
     assert load_recipe(DEFAULT).fingerprint() == "7ccd21b5"
 
 
+def test_data_parallel_size_is_a_serving_key_that_keeps_the_run():
+    assert load_recipe(DEFAULT).serving.data_parallel_size == 1
+    assert load_recipe(DEFAULT, {"data_parallel_size": 2}).fingerprint() == "7ccd21b5"
+
+
 def test_an_integer_temperature_stays_an_integer():
     """Sample ids hash the sampling parameters as written: 1 and 1.0 must not drift between versions."""
     assert load_recipe(DEFAULT, {"temperature": 1}).to_dict()["temperature"] == 1
@@ -100,6 +105,7 @@ def test_an_integer_temperature_stays_an_integer():
     ({"n": "4"}, "recipe key 'n': expected a whole number >= 1, got '4'"),
     ({"temperature": "hot"}, "recipe key 'temperature': expected a number >= 0, got 'hot'"),
     ({"task_runner": "k8s"}, "recipe key 'task_runner': expected threads, dask or ray, got 'k8s'"),
+    ({"data_parallel_size": 0}, "recipe key 'data_parallel_size': expected a whole number >= 1, got 0"),
     ({"api_send_seed": "yes"}, "recipe key 'api_send_seed': expected true or false, got 'yes'"),
     ({"sampling": {"nn": 1}}, "unknown key 'nn'"),
 ])
