@@ -409,7 +409,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     if previous.get("journeys"):  # built by earlier calls or `distill journeys`
         run["journeys"] = previous["journeys"]
     if workers > 1:
-        run["worker"], run["workers"] = worker, workers
+        run["worker"], run["workers"], call["worker"] = worker, workers, worker
 
     def record() -> None:
         """Write the record as it stands: after each shard too, so a killed call loses no finished shard's report."""

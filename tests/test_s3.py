@@ -134,3 +134,16 @@ def test_server_gone_then_back_loses_nothing_written(make_trace, monkeypatch):
     # client saw instead: the failed write raised, and nothing half-written was listed before the stop
     server = MotoServer(port).start()
     server.stop()
+
+
+def test_a_workers_stale_copy_of_another_workers_call_never_wins(s3_root):
+    wh = Warehouse(s3_root)
+    base = {"run_id": "r", "recipe": {}, "workers": 2}
+    a_done = {"call_id": "a", "worker": 0, "started_at": "1", "generated": 4, "status": "finished"}
+    a_stale = {**a_done, "generated": 0, "status": "running"}  # as worker 1 read it when it started
+    wh.write_worker_run({**base, "worker": 0, "status": "finished", "started_at": "1", "calls": [a_done]}, 0, 2)
+    wh.write_worker_run({**base, "worker": 1, "status": "finished", "started_at": "2",
+                         "calls": [a_stale, {"call_id": "b", "worker": 1, "started_at": "2", "generated": 4}]}, 1, 2)
+    run = wh.read_run("r")
+    assert run["samples_generated"] == 8 and run["status"] == "finished"
+    assert [c["generated"] for c in run["calls"]] == [4, 4]

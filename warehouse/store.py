@@ -567,9 +567,11 @@ def merge_runs(records: list[dict]) -> dict:
     records = sorted(records, key=lambda r: r.get("started_at") or "")
     run = {k: v for k, v in records[-1].items() if k != "worker"}
     calls: dict[str, dict] = {}
-    for r in records:
+    for r in records:  # a worker's file also carries the others' calls as they were when it started: stale copies
         for c in r.get("calls") or []:
-            calls[c.get("call_id") or c.get("started_at") or ""] = c
+            key = c.get("call_id") or c.get("started_at") or ""
+            if key not in calls or c.get("worker") == r.get("worker"):
+                calls[key] = c
     run["calls"] = sorted(calls.values(), key=lambda c: c.get("started_at") or "")
     by_shard: dict[int, dict] = {}
     for r in records:
