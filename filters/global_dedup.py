@@ -32,6 +32,9 @@ from distill.warehouse.schema import DECISIONS_SCHEMA
 DEDUP, DECONTAM = "global_dedup", "global_decontam"  # the stage names: `rejected_stage` and the decisions files
 SCOPES = ("dataset", "problem")
 CHUNK = 512  # texts per task of the signing pool: big enough that pickling the results is a small cost
+# Fewer distinct texts than this are signed in this process: on 2 cores one process signs ~4,000 texts of
+# 400 words a second, and a pool's start costs about as much (benchmarks/dedup.py --global).
+PARALLEL_MIN = 4096
 
 Row = tuple[str, str, str, "str | None"]  # run_id, trace_id, problem_id, text (reasoning, else completion)
 
@@ -49,12 +52,15 @@ def signatures(texts: list[str], num_perm: int = 128, shingle: int = 5, seed: in
     """The MinHash of each text, one row each (uint32, num_perm columns).
 
     A pure function of each text, so the rows are the same however the work is split: with `workers` > 1
-    and more than one chunk of texts, the chunks go to spawned processes (forking one that holds a
-    teacher engine can hang) and come back in order.
+    and at least PARALLEL_MIN texts, chunks of them go to worker processes and come back in order. The
+    workers come from a fork server (a fresh process that has imported this module once; forking the
+    caller, which may hold a teacher engine's threads, can hang), so only the first pool pays the imports.
     """
-    if workers > 1 and len(texts) > CHUNK:
+    if workers > 1 and len(texts) >= PARALLEL_MIN:
         chunks = [texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)]
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=get_context("spawn")) as pool:
+        ctx = get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx) as pool:
             parts = list(pool.map(partial(_sign, num_perm=num_perm, shingle=shingle, seed=seed), chunks))
         return np.concatenate(parts)
     return _sign(texts, num_perm, shingle, seed)
