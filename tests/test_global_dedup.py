@@ -256,6 +256,19 @@ def test_bad_recipe_values_are_one_line(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_recipes_eval_sets_are_found_beside_it_and_checked_before_the_run():
+    from distill.flows.dedup import check_global
+    from distill.flows.recipe import load_recipe
+
+    def recipe(path):
+        return load_recipe(ROOT / "recipes" / "default.yaml",
+                           {"global_decontam": {"against": [{"path": path, "field": "problem"}]}})
+
+    check_global(recipe("data/math500-test-50.jsonl"), ROOT / "recipes")  # relative to the recipe's folder
+    with pytest.raises(ConfigError, match="eval set not found: data/nope.jsonl"):
+        check_global(recipe("data/nope.jsonl"), ROOT / "recipes")
+
+
 # -- the CLI and the flow, for real (subprocesses, Prefect) ------------------------------------------
 @pytest.mark.slow
 def test_cli_dedup_and_decontam(tmp_path):
