@@ -9,12 +9,22 @@ shingles about 0.75–0.97). Both implementations score the same traces, in shar
 group, through `apply_filters` as a run does, `--repeat` times alternated. Prints traces/s of each
 (its fastest run) and the ratio; which traces each flags (both, only one); and, against the true Jaccard similarity of the shingle sets, recall on the
 planted near duplicates at or above the threshold and the traces flagged below it.
+
+    .venv/bin/python benchmarks/dedup.py --global [--traces 4000] [--reuse 0.1] [--workers 2]
+
+Global dedup (filters/global_dedup.py, what `distill dedup` runs) on the same traces as one run's kept
+samples, plus a share `--reuse` of them again in a second run under the same trace_id (a run that reused
+stored samples), scope dataset, against datasketch used plainly in one process: a MinHash of every row,
+MinHashLSH with the same 16 bands (insert all, query each), candidates verified at the threshold, clusters
+by union-find, each keeping its lowest (trace_id, run_id). Prints samples/s of each (its fastest of
+`--repeat` alternated runs) and the ratio, and whether the two give the same clusters and keep the same rows.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import hashlib
+import json
 import os
 import random
 import re
@@ -175,6 +185,88 @@ def run(f: Filter, traces: list[Trace], per_problem: int) -> tuple[float, dict[s
     return time.perf_counter() - t0, {t.trace_id: t.scores["dedup"] for t in traces}
 
 
+def plain_datasketch(rows: list[tuple[str, str, str, str]], threshold: float) -> dict[tuple[str, str], tuple[str, str]]:
+    """The baseline of --global: {(trace_id, run_id): the (trace_id, run_id) its cluster keeps}."""
+    from datasketch import MinHashLSH
+
+    from distill.filters.dedup import new_minhash, shingles
+
+    keys = sorted((trace_id, run_id) for run_id, trace_id, _, _ in rows)
+    text = {(trace_id, run_id): t for run_id, trace_id, _, t in rows}
+    empty = new_minhash()
+    sigs = []
+    for k in keys:
+        m = empty.copy()
+        m.update_batch(shingles(text[k]))
+        sigs.append(m)
+    lsh = MinHashLSH(num_perm=128, params=(16, 8))
+    for i, m in enumerate(sigs):
+        lsh.insert(i, m, check_duplication=False)
+    parent = list(range(len(keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, m in enumerate(sigs):
+        for j in lsh.query(m):
+            if j > i and m.jaccard(sigs[j]) >= threshold:
+                a, b = find(i), find(j)
+                parent[max(a, b)] = min(a, b)
+    return {k: keys[find(i)] for i, k in enumerate(keys)}
+
+
+def main_global(args) -> None:
+    from distill.filters.global_dedup import global_dedup
+
+    traces, planted = make_traces(args.traces, args.per_problem)
+    rows = [("bench", t.trace_id, t.problem_id, t.reasoning) for t in traces]
+    rng = random.Random(1)
+    rows += [("bench-2", t.trace_id, t.problem_id, t.reasoning) for t in rng.sample(traces, int(len(traces) * args.reuse))]
+    thr = args.threshold
+    runs = {"datasketch MinHashLSH, one process (baseline)": lambda: plain_datasketch(rows, thr),
+            "global_dedup, workers 1": lambda: global_dedup(rows, threshold=thr, workers=1),
+            f"global_dedup, workers {args.workers}": lambda: global_dedup(rows, threshold=thr, workers=args.workers)}
+    global_dedup(rows[:100], threshold=thr)  # imports and first calls are not throughput
+    plain_datasketch(rows[:100], thr)
+    best: dict[str, float] = {}
+    out: dict[str, object] = {}
+    for _ in range(args.repeat):  # alternated, and the fastest run kept: the machine is shared
+        for name, call in runs.items():
+            t0 = time.perf_counter()
+            out[name] = call()
+            best[name] = min(time.perf_counter() - t0, best.get(name, float("inf")))
+    words = sum(len(t.reasoning.split()) for t in traces) / len(traces)
+    near = sum(1 for v in planted.values() if v == "near")
+    print(f"{len(rows)} samples ({len(traces)} in one run, {len(rows) - len(traces)} of them again in a second; "
+          f"{words:.0f} words each on average), scope dataset, threshold {thr}; planted {len(planted) - near} "
+          f"exact and {near} near copies; {os.cpu_count()} cores")
+    base_name = next(iter(runs))
+    for name in runs:
+        print(f"  {name:48s} {len(rows) / best[name]:8,.0f} samples/s   {best[base_name] / best[name]:.2f}x")
+    base = out[base_name]
+
+    def clusters(kept_by: dict) -> set[frozenset]:
+        members = defaultdict(set)
+        for k, root in kept_by.items():
+            members[root].add(k)
+        return {frozenset(m) for m in members.values()}
+
+    for name in list(runs)[1:]:
+        table = out[name].to_pylist()
+        kept_by = {}
+        for r in table:
+            cluster = json.loads(r["detail"]) if r["detail"] else {"cluster": r["trace_id"], "run_id": r["run_id"]}
+            kept_by[(r["trace_id"], r["run_id"])] = (cluster["cluster"], cluster["run_id"])
+        same_kept = {k for k, v in kept_by.items() if k == v} == {k for k, v in base.items() if k == v}
+        print(f"  {name:48s} same clusters as the baseline: {clusters(kept_by) == clusters(base)}; same rows kept: "
+              f"{same_kept}; {sum(1 for r in table if r['kept'])} kept, "
+              f"{sum(1 for r in table if r['rejected_by'] == 'duplicate')} duplicate, "
+              f"{sum(1 for r in table if r['rejected_by'] == 'near_duplicate')} near_duplicate")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traces", type=int, default=4000)
@@ -182,7 +274,15 @@ def main() -> None:
     ap.add_argument("--scope", choices=["problem", "dataset"], default="problem")
     ap.add_argument("--threshold", type=float, default=0.85)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, alternated; the fastest counts")
+    ap.add_argument("--global", dest="global_", action="store_true",
+                    help="global dedup (filters/global_dedup.py) against plain datasketch MinHashLSH")
+    ap.add_argument("--reuse", type=float, default=0.1, help="--global: share of samples in a second run too")
+    ap.add_argument("--workers", type=int, default=2, help="--global: processes computing signatures (the pool "
+                    "starts at 4,096 distinct texts)")
     args = ap.parse_args()
+    if args.global_:
+        main_global(args)
+        return
     traces, planted = make_traces(args.traces, args.per_problem)
     thr = args.threshold
 

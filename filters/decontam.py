@@ -89,10 +89,9 @@ class Decontam(Filter):
                         grams.setdefault(tuple(w[i:i + k]), (s, row))
         self._grams, self._lengths = grams, sorted(lengths)
 
-    def score(self, trace: Trace) -> float | None:
-        text = problem_text(trace)
-        if text is None:
-            return None  # nothing to check
+    def overlap(self, text: str) -> tuple[float, dict | None]:
+        """The share of a problem text's words covered by eval n-grams, and where the first match is
+        ({"eval_set": name, "eval_line": line number}; None when nothing matched)."""
         if self._grams is None:
             self._build()
         w = words(text)
@@ -105,10 +104,15 @@ class Decontam(Filter):
                     covered[i:i + k] = [True] * k
                     match = match or hit
         share = sum(covered) / len(w) if w else 0.0
+        return share, None if match is None else {"eval_set": self.sets[match[0]]["name"], "eval_line": match[1] + 1}
+
+    def score(self, trace: Trace) -> float | None:
+        text = problem_text(trace)
+        if text is None:
+            return None  # nothing to check
+        share, where = self.overlap(text)
         if share > self.max_share and trace.problem_id not in self._hits:
-            s, row = match
-            self._hits[trace.problem_id] = {"problem_id": trace.problem_id, "eval_set": self.sets[s]["name"],
-                                            "eval_line": row + 1, "share": round(share, 4)}
+            self._hits[trace.problem_id] = {"problem_id": trace.problem_id, **where, "share": round(share, 4)}
         return share
 
     def keep(self, score: float | None) -> bool | tuple[bool, str]:

@@ -31,6 +31,21 @@ def shingles(text: str, k: int = 5) -> set[bytes]:
     return {" ".join(words[i:i + k]).encode() for i in range(max(1, len(words) - k + 1))}
 
 
+def new_minhash(num_perm: int = 128, seed: int = 0) -> MinHash:
+    """An empty MinHash with the settings every dedup stage uses (this filter and filters/global_dedup.py).
+
+    crc32 (C, no Python wrapper) hashes a shingle several times faster than datasketch's default sha1;
+    a plain checksum is enough because the affine32 scheme mixes every input hash (MurmurHash3's
+    finalizer) before permuting it. Named, so a new datasketch default never changes stored scores.
+    """
+    return MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32, scheme="affine32")
+
+
+def text_digest(text: str) -> bytes:
+    """What makes two texts exact duplicates: the same words with any whitespace between them."""
+    return hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
+
+
 class _Index:
     """The first occurrences seen in one scope: exact hashes, and MinHashes in an LSH index."""
 
@@ -67,11 +82,7 @@ class Dedup(Filter):
         # 16 bands of 8 rows: a pair at Jaccard 0.85 shares a band with probability 99.4%, a pair at
         # 0.5 with 6%, so almost all true near duplicates are found and few others are compared.
         self.scope, self.threshold, self.num_perm, self.bands, self.shingle = scope, threshold, num_perm, bands, shingle
-        # crc32 (C, no Python wrapper) hashes a shingle several times faster than datasketch's default
-        # sha1; a plain checksum is enough because the affine32 scheme mixes every input hash (MurmurHash3's
-        # finalizer) before permuting it. Named, so a new datasketch default never changes stored scores.
-        # The one MinHash is copied per trace: its permutations are made once.
-        self._empty = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32, scheme="affine32")
+        self._empty = new_minhash(num_perm, seed)  # copied per trace: its permutations are made once
         self._indexes: dict[str, _Index] = {}
         self._first: dict[str, float] = {}  # trace_id -> score of each indexed trace: scoring twice is safe
 
@@ -79,7 +90,7 @@ class Dedup(Filter):
         if trace.trace_id in self._first:
             return self._first[trace.trace_id]
         text = trace.reasoning or trace.completion or ""
-        digest = hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
+        digest = text_digest(text)
         key = trace.problem_id if self.scope == "problem" else ""
         index = self._indexes.get(key) or self._indexes.setdefault(key, _Index(self.num_perm, self.bands))
         if digest in index.exact:

@@ -90,6 +90,9 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
     from distill.flows.generate import build_filters, problems_for, task_runner_for
 
     build_filters(rcp, recipe.parent)
+    from distill.flows.dedup import check_global
+
+    check_global(rcp, recipe.parent)
     task_runner_for(rcp)
     problems = problems_for(rcp, recipe.parent)
     return rcp, backend, problems
@@ -388,6 +391,76 @@ def journeys(
               f"{stats['problems_kept']} problems (rejected: {rejected}) in {stats['seconds']} s", highlight=False)
     out.print("see them: distill sql \"select * from journeys\"; train on them: distill export --variant journey",
               highlight=False)
+
+
+STORE_HELP = "Warehouse root: a folder or an object-store URL (s3://bucket/prefix)."
+
+
+@app.command()
+def dedup(
+    run_ids: list[str] = typer.Argument(..., metavar="RUN_ID", help="Runs to dedup together (see `distill runs`)."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=STORE_HELP),
+    threshold: float = typer.Option(0.85, "--threshold", help="Estimated Jaccard similarity (MinHash, 5-word "
+                                    "shingles) at or above which two samples are near duplicates."),
+    scope: str = typer.Option("dataset", "--scope", help="dataset (every sample of the runs) | problem (samples "
+                              "of the same problem only)."),
+    workers: int = typer.Option(1, "--workers", help="Processes computing MinHash signatures (worth it on many "
+                                "cores for large runs; fewer than 4,096 distinct texts are signed in this process)."),
+):
+    """Exact and near-duplicate samples over whole runs at once; each cluster keeps its lowest trace_id.
+
+    Decides over the kept samples of every run named, whatever shard or call made them, and stores the
+    decisions beside the parts (<warehouse>/decisions/); the views overlay them. Deciding again over the
+    same runs replaces them.
+    """
+    from distill.flows.dedup import dedup_runs
+    from distill.warehouse.store import Warehouse
+
+    if workers < 1:
+        fail("--workers must be >= 1")
+    c = dedup_runs(warehouse, run_ids, threshold=threshold, scope=scope, workers=workers)
+    out.print(f"global dedup of {', '.join(c['runs'])} (scope {c['scope']}, threshold {c['threshold']}): "
+              f"{c['samples']} kept samples, {c['clusters']} clusters; dropped {c['duplicate']} duplicate, "
+              f"{c['near_duplicate']} near_duplicate; {c['kept']} kept in {c['seconds']:.1f} s → {c['decisions']}",
+              highlight=False)
+    wh = Warehouse(warehouse)
+    for run_id in c["runs"]:
+        print_funnel(warehouse, run_id, wh.read_run(run_id) or {})
+
+
+@app.command()
+def decontam(
+    run_ids: list[str] = typer.Argument(..., metavar="RUN_ID", help="Runs to check (see `distill runs`)."),
+    against: list[str] = typer.Option(..., "--against", help="Eval set: a .jsonl file, PATH:FIELD to name the "
+                                      "field that holds the problem text (default field: problem) (repeatable)."),
+    n: int = typer.Option(13, "--n", help="Words in a row that count as an overlap (shorter eval items match whole)."),
+    max_share: float = typer.Option(0.0, "--max-share", help="Drop a problem when more than this share of its "
+                                    "words is covered by overlaps."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=STORE_HELP),
+):
+    """Drop every sample of a problem that overlaps an evaluation set (word n-grams), over whole runs.
+
+    The decisions are stored beside the parts (<warehouse>/decisions/) and overlaid by the views; deciding
+    again over the same runs replaces them.
+    """
+    from distill.flows.dedup import decontam_runs
+    from distill.warehouse.store import Warehouse
+
+    sets = []
+    for spec in against:
+        path, sep, field = spec.rpartition(":")
+        # PATH:FIELD, where FIELD is a plain name; a colon inside the path (or none at all) leaves PATH alone
+        sets.append({"path": path, "field": field} if sep and path and field.isidentifier() else {"path": spec})
+    c = decontam_runs(warehouse, run_ids, against=sets, n=n, max_share=max_share)
+    found = [f"{h['problem_id']} ({h['eval_set']} line {h['eval_line']})" for h in c["problems_found"]]
+    shown = f" ({', '.join(found[:3])}{', …' if len(found) > 3 else ''})" if found else ""
+    out.print(f"decontamination of {', '.join(c['runs'])} (n {c['n']}): {c['problems']} problems, "
+              f"{c['contaminated_problems']} contaminated{shown}; {c['contaminated']} of {c['samples']} samples "
+              f"dropped as contaminated ({c['dropped']} of them kept until now) in {c['seconds']:.1f} s "
+              f"→ {c['decisions']}", highlight=False)
+    wh = Warehouse(warehouse)
+    for run_id in c["runs"]:
+        print_funnel(warehouse, run_id, wh.read_run(run_id) or {})
 
 
 @app.command()

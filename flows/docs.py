@@ -82,10 +82,10 @@ def sections() -> dict[str, str]:
 
 def run_identity_markdown() -> str:
     """Which recipe keys make a run what it is, and which only say how it runs (flows/recipe.py)."""
-    from distill.flows.recipe import EXECUTION_KEYS, IDENTITY_SECTIONS, KEYS, SECTIONS
+    from distill.flows.recipe import EXECUTION_KEYS, IDENTITY_SECTIONS, KEYS, ONLY_WHEN_SET, SECTIONS
 
     same = ", ".join(f"`{k}`" for k in KEYS if k in EXECUTION_KEYS)
-    new = ", ".join(f"`{k}`" for k in KEYS if k not in EXECUTION_KEYS)
+    new = ", ".join(f"`{k}`" + (" (when set)" if k in ONLY_WHEN_SET else "") for k in KEYS if k not in EXECUTION_KEYS)
     kept = ", ".join(s for s in SECTIONS if s not in IDENTITY_SECTIONS)
     made = ", ".join(IDENTITY_SECTIONS)
     return (f"- **Keys that keep the run** (sections {kept}: how and where it runs; change them between calls "

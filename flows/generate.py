@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from distill import filters as filters_mod
 from distill.filters.selection import select_per_problem
+from distill.flows.dedup import global_step, resolve_against
 from distill.flows.journey import journeys_task
 from distill.flows.logs import terminal
 from distill.flows.recipe import Recipe
@@ -60,15 +61,11 @@ def problems_for(recipe: Recipe, base_dir: Path | None) -> list[Problem]:
 def build_filters(recipe: Recipe, base_dir: Path | None) -> list:
     """The recipe's filters, with file parameters (decontam's `against`) found relative to the
     recipe's folder first, like `dataset:`."""
-    def resolve(path: str) -> str:
-        return str(base_dir / path) if base_dir and not Path(path).is_absolute() and (base_dir / path).exists() else path
-
     out = []
     for name, params in recipe.filter_specs():
         params = dict(params)
         if isinstance(params.get("against"), list):
-            params["against"] = [{**a, "path": resolve(a["path"])} if isinstance(a, dict) and "path" in a
-                                 else resolve(a) if isinstance(a, str) else a for a in params["against"]]
+            params["against"] = resolve_against(params["against"], base_dir)
         out.append(filters_mod.make_filter(name, **params))
     return out
 
@@ -470,6 +467,11 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     merged = wh.read_run(run_id) or {} if workers > 1 else run
     last = workers == 1 or (len(merged.get("worker_status") or {}) == workers
                             and merged.get("status") in ("finished", "incomplete"))
+    # global_dedup / global_decontam: over all of the run's stored samples at once, before journeys use them
+    earlier = (merged if workers > 1 else previous).get("global")
+    if last and (decided := global_step(recipe, run_id, base_dir, earlier, bool(todo) or workers > 1)) is not None:
+        run["global"] = decided
+        record()
     if recipe.journeys.journey and last:  # from the stored samples, so a resumed run builds them from all of its samples
         done = (previous.get("journeys") or {}).get(recipe.journeys.journey)
         if todo or workers > 1 or not done or not wh.journey_exists(run_id, recipe.journeys.journey):

@@ -107,6 +107,15 @@ class Selection(Section):
                                              "(too hard).", expected="a number in [0, 1] or null", ge=0, le=1)
     pass_rate_max: Number | None = key(None, "Drop problems whose pass rate is above this (too easy).",
                                        expected="a number in [0, 1] or null", ge=0, le=1)
+    global_dedup: bool | dict | None = key(
+        None, "Once every shard is stored: exact and near duplicates over all of the run's kept samples (MinHash "
+              "LSH clusters, each keeps its lowest trace_id), decided as one and stored beside the parts (see "
+              "`distill dedup`): null | true | {threshold: 0.85, scope: dataset or problem}.",
+        expected="null, true or {threshold: a number in (0, 1], scope: dataset or problem}")
+    global_decontam: dict | None = key(
+        None, "Once every shard is stored: every sample of a problem that overlaps an eval set is dropped, stored "
+              "beside the parts (see `distill decontam`): null | {against: [{path: data/x.jsonl, field: problem}], "
+              "n: 13, max_share: 0}.", expected="null or {against: [...], n: 13, max_share: 0}")
 
     @field_validator("filters")
     @classmethod
@@ -114,6 +123,33 @@ class Selection(Section):
         if any(not (isinstance(s, str) or (isinstance(s, dict) and len(s) == 1)) for s in v):
             raise ValueError("a list whose entries are each a filter name or {name: {params}}")
         return v
+
+    @field_validator("global_dedup")
+    @classmethod
+    def _global_dedup(cls, v):
+        """Every way of saying the same thing is one value (so one run id): off is null, on is every option."""
+        if v is None or v is False:
+            return None
+        opts = {} if v is True else v
+        threshold, scope = opts.get("threshold", 0.85), opts.get("scope", "dataset")
+        if (set(opts) - {"threshold", "scope"} or isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                or not 0 < threshold <= 1 or scope not in ("dataset", "problem")):
+            raise ValueError("null, true or {threshold: a number in (0, 1], scope: dataset or problem}")
+        return {"threshold": threshold, "scope": scope}
+
+    @field_validator("global_decontam")
+    @classmethod
+    def _global_decontam(cls, v):
+        if v is None:
+            return None
+        against, n, max_share = v.get("against"), v.get("n", 13), v.get("max_share", 0.0)
+        if (set(v) - {"against", "n", "max_share"} or not isinstance(against, list) or not against
+                or any(not isinstance(a, str) and not (isinstance(a, dict) and "path" in a) for a in against)
+                or isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(max_share, bool)
+                or not isinstance(max_share, (int, float)) or not 0 <= max_share < 1):
+            raise ValueError("null or {against: [{path: FILE.jsonl, field: problem}, ...], n: a whole number >= 1, "
+                             "max_share: a number in [0, 1)}")
+        return {"against": against, "n": n, "max_share": max_share}
 
 
 class Journeys(Section):
@@ -203,6 +239,9 @@ class Execution(Section):
                        expected="a whole number >= 1", ge=1)
     worker: int = key(0, "Which of the `workers` this process is: 0 to workers - 1.", expected="a whole number >= 0",
                       ge=0)
+    dedup_workers: int = key(1, "Processes computing MinHash signatures for global_dedup (worth it on many cores "
+                                "for large runs; fewer than 4,096 distinct texts are signed in this process).",
+                             expected="a whole number >= 1", ge=1)
     shard_size: int = key(8, "Problems per new shard (one part file). A problem keeps the shard it was first given "
                              "in a run.", expected="a whole number >= 1", ge=1)
     checkpoint_seconds: Number = key(30.0, "Finished samples are written to a checkpoint at least this often while "
@@ -220,6 +259,8 @@ IDENTITY_SECTIONS = ("problems", "teacher", "prompt", "sampling", "selection", "
 SECTION_OF = {k: s for s, cls in SECTIONS.items() for k in cls.model_fields}
 KEYS = ["name", *SECTION_OF]  # every flat key, in order
 EXECUTION_KEYS = frozenset(k for k, s in SECTION_OF.items() if s not in IDENTITY_SECTIONS)
+# Identity keys that enter the run id only when set (not null): added after run ids were first recorded.
+ONLY_WHEN_SET = frozenset({"global_dedup", "global_decontam"})
 
 
 class Recipe(Config):
@@ -270,8 +311,11 @@ class Recipe(Config):
                 for s in self.selection.filters]
 
     def identity(self) -> dict:
-        """The keys that make a run what it is: which problems, which samples, which decisions."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+        """The keys that make a run what it is: which problems, which samples, which decisions. A key added
+        after run ids were first recorded (ONLY_WHEN_SET) counts only when it is set: a recipe that leaves
+        it out keeps the run id it had, and resumes its run."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in EXECUTION_KEYS and not (k in ONLY_WHEN_SET and v is None)}
 
     def fingerprint(self) -> str:
         """Same problems, samples and decisions, same fingerprint: a rerun lands in the same run and resumes it,

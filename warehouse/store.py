@@ -608,6 +608,9 @@ def merge_runs(records: list[dict]) -> dict:
     for r in records:
         for mode, stats in (r.get("journeys") or {}).items():
             run.setdefault("journeys", {})[mode] = stats
+    decided = [r for r in records if r.get("global")]  # global dedup / decontam, by the last worker to finish
+    if decided:
+        run["global"] = max(decided, key=lambda r: r.get("finished_at") or "")["global"]
     return run
 
 
