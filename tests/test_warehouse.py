@@ -162,3 +162,22 @@ def test_a_warehouse_made_before_a_column_was_added_opens(tmp_path, make_trace):
     assert wh.query("select run_id, count(*), count(rejected_stage) from traces group by 1 order by 1")[1] == \
         [("new", 2, 0), ("old", 4, 0)]
     assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == ["_schema.parquet", "run_id=new", "run_id=old"]
+
+
+def test_a_refresh_leaves_another_writers_temporary_catalog_alone(tmp_path, make_trace):
+    # another process (or machine sharing the folder) is building its catalog: its file is young and stays;
+    # one a crashed refresh left an hour ago goes
+    import os
+    import time
+
+    wh = Warehouse(tmp_path)
+    wh.write_part("r", 0, traces_for(make_trace, "r", 2))
+    busy = tmp_path / ".tmp-catalog.duckdb-0123456789ab.partial"
+    stale = tmp_path / ".tmp-catalog.duckdb-ba9876543210.partial"
+    busy.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    wh.refresh()
+    assert busy.exists() and not stale.exists()
+    assert wh.query("select count(*) from traces")[1] == [(2,)]
