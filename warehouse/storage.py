@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -109,19 +110,24 @@ class Storage:
         except OSError as e:
             raise self._fail("read", rel, e) from e
 
+    @contextmanager
+    def _reading(self, rel: str):
+        """A missing file is FileNotFoundError whatever the store says; any other failure a StorageError."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            if "not found" in str(e).lower() or "does not exist" in str(e).lower() or "NoSuchKey" in str(e):
+                raise FileNotFoundError(self.show(rel)) from e
+            raise self._fail("read", rel, e) from e
+
     def read_bytes(self, rel: str) -> bytes:
         """The file's bytes; FileNotFoundError when there is none."""
         if self.local:
             return (self.path / rel).read_bytes()
-        try:
-            with self.fs.open_input_stream(self.full(rel)) as f:
-                return f.read()
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            if "not found" in str(e).lower() or "NoSuchKey" in str(e):
-                raise FileNotFoundError(self.show(rel)) from e
-            raise self._fail("read", rel, e) from e
+        with self._reading(rel), self.fs.open_input_stream(self.full(rel)) as f:
+            return f.read()
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode("utf-8")
@@ -186,27 +192,12 @@ class Storage:
         return self.show(rel)
 
     def read_parquet(self, rel: str, **kw) -> pa.Table:
-        try:
+        with self._reading(rel):
             return pq.read_table(self.full(rel), filesystem=self.fs, **kw)
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            if "not found" in str(e).lower() or "NoSuchKey" in str(e):
-                raise FileNotFoundError(self.show(rel)) from e
-            raise self._fail("read", rel, e) from e
 
     def parquet_metadata(self, rel: str) -> pq.FileMetaData:
-        try:
-            with self.fs.open_input_file(self.full(rel)) as f:
-                return pq.read_metadata(f)
-        except OSError as e:
-            if isinstance(e, FileNotFoundError) or "not found" in str(e).lower():
-                raise FileNotFoundError(self.show(rel)) from e
-            raise self._fail("read", rel, e) from e
-
-    def parquet_schema(self, rel: str) -> pa.Schema:
-        with self.fs.open_input_file(self.full(rel)) as f:
-            return pq.read_schema(f)
+        with self._reading(rel), self.fs.open_input_file(self.full(rel)) as f:
+            return pq.read_metadata(f)
 
     def dataset(self, rels: list[str], schema: pa.Schema) -> ds.Dataset:
         """The Parquet files `rels` as one Arrow dataset of `schema` (columns a file lacks read as null)."""
