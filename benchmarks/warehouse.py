@@ -1,6 +1,7 @@
 """Warehouse ingest and query speed, against the JSONL + pandas baseline measured in the same run.
 
     .venv/bin/python benchmarks/warehouse.py [--traces 1000000] [--root DIR] [--baseline-traces 100000]
+                                             [--s3 [--s3-traces 200000]]
 
 1. Generates N synthetic traces shaped like long-CoT samples, vectorised as Arrow tables that match
    `warehouse.schema.SCHEMA` exactly (no Python Trace objects): reasoning of ~1-4k characters of
@@ -11,9 +12,22 @@
    temporary name, zstd, fsync, rename), then one `Warehouse.refresh()`. Timed with one writer, and
    again with one writer thread per core (the store is built for many writers). Baseline: the same
    table written as JSONL with pandas (`to_pandas().to_json(lines=True)`, fsync'd too), one writer.
+   Also against raw `pq.write_table` of the same table with the warehouse's options (zstd, the
+   dictionary columns), no temporary name, no fsync, no rename: what the warehouse's discipline costs.
 3. Queries: `select * from funnel` and `select count(*) from traces where reasoning like '%word%'`
    through `Warehouse.query`, against the same answers from pandas after `pd.read_json(lines=True)`
    of every JSONL file, load time included (a user pays it on every fresh question).
+
+4. With --s3: object storage. The script starts moto's S3 server (`moto_server`, from the venv of the
+   Python running it) on a free local port, creates a bucket, sets the AWS_* variables distill reads,
+   and writes the first --s3-traces traces (whole parts; the same tables as above) to
+   `Warehouse("s3://<bucket>/wh")`, one writer, against raw `pq.write_table` to the same S3
+   filesystem and against the local filesystem's times for the same parts. Then the same queries
+   through `Warehouse.query`, whose every call lists the store and builds the views over Arrow
+   datasets on it (an S3 warehouse has no catalog file): that listing is in the query times, and is
+   also timed alone (`connect()`). The server is killed at the end, also on an error. moto is a
+   Python server on this machine, so the S3 numbers bound a real store's throughput per client from
+   below; they do not predict it.
 
 Memory: 1M traces are ~5 GB of text (the completion repeats the reasoning). pandas holds all of it
 in memory, so the pandas side runs on whole runs making up at most --baseline-traces traces, in a
@@ -26,13 +40,20 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +63,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from distill.warehouse.schema import SCHEMA, SCHEMA_VERSION, from_table, to_table  # noqa: E402
-from distill.warehouse.store import Warehouse  # noqa: E402
+from distill.warehouse.store import DICTIONARY_COLUMNS, Warehouse  # noqa: E402
 
 SEARCH_WORD = "backtrack"  # a rare word of the vocabulary: a selective full-text search
 COMMON = ("the so we is of and to a that then it this let me check wait but now add step so number "
@@ -217,6 +238,87 @@ def write_jsonl(root: Path, run_id: str, shard: int, table: pa.Table) -> Path:
 
 NOTED: list[str] = []  # the missing columns already reported
 
+def write_raw(path: str, table: pa.Table, filesystem=None) -> None:
+    """The ingest baseline: pyarrow's own write of the table, with the options the warehouse uses for a part
+    (Warehouse._write_parquet); no schema check, temporary name, fsync or rename."""
+    pq.write_table(table, path, filesystem=filesystem, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+# -- object storage: moto's S3 server on this machine ---------------------------------------------
+MOTO_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+class MotoServer:
+    """moto's standalone S3 server on 127.0.0.1, in its own process group; the AWS_* variables distill's
+    Storage reads point at it while the block runs. Killed when the block ends, however it ends."""
+
+    def __init__(self, bucket: str = "distill-bench"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = bucket
+        self.proc: subprocess.Popen | None = None
+        self._saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> Self:
+        exe = Path(sys.executable).parent / "moto_server"
+        if not exe.exists():
+            raise SystemExit(f"--s3 needs moto's server ({exe} is missing): pip install 'moto[server]'")
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # start-up takes seconds on a busy machine: poll until the port answers HTTP
+                try:
+                    urllib.request.urlopen(self.endpoint, timeout=2).close()
+                    break
+                except urllib.error.HTTPError:  # an answer, if not a 200
+                    break
+                except OSError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        self._log.seek(0)
+                        raise SystemExit(f"moto_server did not start on port {self.port}:\n"
+                                         f"{self._log.read()[-2000:].decode(errors='replace')}")
+                    time.sleep(0.2)
+            import boto3
+
+            boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=MOTO_KEYS["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=MOTO_KEYS["AWS_SECRET_ACCESS_KEY"],
+                         region_name=MOTO_KEYS["AWS_REGION"]).create_bucket(Bucket=self.bucket)
+            for k, v in {"AWS_ENDPOINT_URL": self.endpoint, **MOTO_KEYS}.items():
+                self._saved[k] = os.environ.get(k)
+                os.environ[k] = v
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
 # -- the pandas side of the queries (runs in a child process) -----------------------------------
 def pandas_baseline(files: list[str], word: str) -> dict:
     import pandas as pd
@@ -297,18 +399,35 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=os.cpu_count() or 2, help="threads for the parallel ingest row")
     ap.add_argument("--root", help="warehouse root (default: a temporary folder, removed at the end)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--s3", action="store_true",
+                    help="also measure an S3 warehouse, on a moto server this script starts and stops")
+    ap.add_argument("--s3-traces", type=int, default=200_000,
+                    help="with --s3: the first this many traces (whole parts) go to S3 too; moto is a Python "
+                         "server that keeps the objects in its memory")
     args = ap.parse_args()
 
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="distill-bench-"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.s3:  # a kill (SIGTERM) unwinds like an error, so the moto server and the temporary folder go too
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        run(args, root)
+        with MotoServer() if args.s3 else nullcontext() as moto:
+            run(args, root, moto)
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def run(args, root: Path) -> None:
+def timed_pair(a, b, flip: bool) -> tuple[float, float]:
+    """The times of a() and b(), b first when `flip` (alternated, so that neither always goes first)."""
+    if flip:
+        tb = timed(b)[0]
+        return timed(a)[0], tb
+    ta = timed(a)[0]
+    return ta, timed(b)[0]
+
+
+def run(args, root: Path, moto: MotoServer | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     n_shards = -(-args.traces // args.shard_size)
     shard_rows = [min(args.shard_size, args.traces - s * args.shard_size) for s in range(n_shards)]
@@ -317,6 +436,13 @@ def run(args, root: Path) -> None:
                                       // args.shards_per_run * args.shards_per_run))
     base_runs = sorted({f"bench-{runs_of[s]:04d}" for s in range(n_base_shards)})
     wh = Warehouse(root / "warehouse")
+    # object storage (--s3): the first n_s3 parts go to an S3 warehouse too; when that is not all of them, a
+    # local twin warehouse of the same parts answers the same queries (untimed writes)
+    n_s3 = min(n_shards, -(-args.s3_traces // args.shard_size)) if moto else 0
+    s3_rows = sum(shard_rows[:n_s3])
+    s3 = Warehouse(f"s3://{moto.bucket}/wh") if moto else None
+    twin = Warehouse(root / "s3-twin") if moto and n_s3 < n_shards else None
+    (root / "raw").mkdir(exist_ok=True)
 
     t = time.perf_counter()
     corpus = make_corpus(rng, 256 * 2**20)
@@ -324,9 +450,12 @@ def run(args, root: Path) -> None:
           f"in {n_shards} parts to {root}", file=sys.stderr)
 
     # The same tables go three ways: parts with one writer, parts again with `writers` threads
-    # (overwriting the same files with the same bytes), and JSONL for the baseline's runs.
-    one_s = par_s = jsonl_s = gen_s = 0.0
-    raw_bytes = jsonl_rows = 0
+    # (overwriting the same files with the same bytes), and JSONL for the baseline's runs. With the one
+    # writer, each table is also written by raw pq.write_table (then fsync'd, timed apart, and deleted),
+    # and with --s3 the first n_s3 to S3, by the warehouse and raw, the order alternating part by part.
+    one_s = par_s = jsonl_s = gen_s = pq_s = fsync_s = 0.0
+    s3_one_s = s3_pq_s = sub_one_s = sub_pq_s = 0.0  # S3, and the local times of the same parts
+    raw_bytes = jsonl_rows = sub_bytes = 0
     pool = ThreadPoolExecutor(args.writers)
     for first in range(0, n_shards, args.writers):
         batch = range(first, min(first + args.writers, n_shards))
@@ -336,7 +465,20 @@ def run(args, root: Path) -> None:
         raw_bytes += sum(pc.sum(pc.binary_length(tb[c])).as_py() or 0 for tb in tables.values()
                          for c in ("reasoning", "completion", "answer"))
         for s, tb in tables.items():
-            one_s += timed(wh.write_table, f"bench-{runs_of[s]:04d}", s, tb)[0]
+            run_id, raw = f"bench-{runs_of[s]:04d}", root / "raw" / f"part-{s:05d}.parquet"
+            one, bare = timed_pair(partial(wh.write_table, run_id, s, tb), partial(write_raw, str(raw), tb), s % 2 == 1)
+            one_s, pq_s = one_s + one, pq_s + bare
+            fsync_s += timed(fsync_file, raw)[0]
+            raw.unlink()
+            if s < n_s3:
+                s3_raw = f"{s3.storage.base}/raw/part-{s:05d}.parquet"
+                up, bare_up = timed_pair(partial(s3.write_table, run_id, s, tb),
+                                         partial(write_raw, s3_raw, tb, s3.storage.fs), s % 2 == 1)
+                s3_one_s, s3_pq_s, sub_one_s, sub_pq_s = s3_one_s + up, s3_pq_s + bare_up, sub_one_s + one, sub_pq_s + bare
+                s3.storage.fs.delete_file(s3_raw)
+                sub_bytes += Path(wh.part_path(run_id, s)).stat().st_size
+                if twin:
+                    twin.write_table(run_id, s, tb)
         t = time.perf_counter()
         list(pool.map(lambda s: wh.write_table(f"bench-{runs_of[s]:04d}", s, tables[s]), batch))
         par_s += time.perf_counter() - t
@@ -348,6 +490,9 @@ def run(args, root: Path) -> None:
     pool.shutdown()
     print(file=sys.stderr)
     refresh_s = timed(wh.refresh)[0]
+    if moto:
+        s3_refresh_s = timed(s3.refresh)[0]
+        sub_refresh_s = timed(twin.refresh)[0] if twin else refresh_s
     parquet_bytes = sum(p.stat().st_size for p in wh.parts())
     jsonl_files = sorted((root / "jsonl").glob("run_id=*/part-*.jsonl"))
     jsonl_bytes = sum(p.stat().st_size for p in jsonl_files)
@@ -375,6 +520,25 @@ def run(args, root: Path) -> None:
                              f"completion_tokens from funnel where run_id in ({placeholders}) order by run_id", base_runs)
     sub_like = wh.query(f"{like_sql} and run_id in ({placeholders})", base_runs)[1][0][0]
 
+    if moto:  # the same queries on S3, each call listing the store and building its views (no catalog file)
+        near = twin or wh  # the local warehouse of the same parts
+        s3_total = s3.query("select count(*), count(distinct trace_id) from traces")[1][0]
+        assert s3_total == (s3_rows, s3_rows), f"the S3 warehouse sees {s3_total}, expected {s3_rows} rows"
+        s3_connect, s3_funnel, s3_like, near_funnel, near_like = [], [], [], [], []
+        for _ in range(3):
+            s3_connect.append(timed(lambda: s3.connect().close())[0])
+            s3_funnel.append(timed(s3.query, "select * from funnel")[0])
+            s3_like.append(timed(s3.query, like_sql)[0])
+            if twin:
+                near_funnel.append(timed(twin.query, "select * from funnel")[0])
+                near_like.append(timed(twin.query, like_sql)[0])
+        if not twin:
+            near_funnel, near_like = funnel_times, like_times
+        s3_answer = s3.query("select * from funnel order by run_id")[1]
+        assert s3_answer == near.query("select * from funnel order by run_id")[1], "S3 and local disagree on the funnel"
+        s3_matches, near_matches = s3.query(like_sql)[1][0][0], near.query(like_sql)[1][0][0]
+        assert s3_matches == near_matches, f"S3 counts {s3_matches} matches, local {near_matches}"
+
     # the pandas side, on the baseline's runs, checked against DuckDB on the same runs
     print(f"pandas baseline on {jsonl_rows:,} traces ({len(base_runs)} runs) ...", file=sys.stderr)
     base = run_pandas_child(jsonl_files, SEARCH_WORD, args.max_baseline_gib)
@@ -386,6 +550,7 @@ def run(args, root: Path) -> None:
     ingest_one = args.traces / (one_s + refresh_s)
     ingest_par = args.traces / (par_s + refresh_s)
     ingest_jsonl = jsonl_rows / jsonl_s
+    ingest_pq = args.traces / pq_s
     funnel_s, like_s = statistics.median(funnel_times), statistics.median(like_times)
     base_funnel = (base["load_s"] + base["funnel_s"]) * scale
     base_like = (base["load_s"] + base["like_s"]) * scale
@@ -402,10 +567,27 @@ def run(args, root: Path) -> None:
           f"| ≥ 50,000/s | {ok(ingest_one >= 50_000)} |")
     print(f"| ingest, {args.writers} writer threads (traces/s) | {ingest_par:,.0f} | (1 writer) {ingest_jsonl:,.0f} "
           f"| {ingest_par / ingest_jsonl:.1f}x | ≥ 50,000/s | {ok(ingest_par >= 50_000)} |")
+    print(f"| ingest, 1 writer, vs raw `pq.write_table` (traces/s) | {ingest_one:,.0f} | (raw pq.write_table) "
+          f"{ingest_pq:,.0f} | {ingest_one / ingest_pq:.2f}x | ≥ 0.8x | {ok(ingest_one / ingest_pq >= 0.8)} |")
     print(f"| funnel query, all {n} (s) | {funnel_s:.3f} | {base_funnel:.1f} | {base_funnel / funnel_s:.0f}x faster "
           f"| < 1 s, ≥ 20x | {ok(funnel_s < 1 and base_funnel / funnel_s >= 20)} |")
     print(f"| `reasoning like '%{SEARCH_WORD}%'`, all {n} (s) | {like_s:.3f} | {base_like:.1f} "
           f"| {base_like / like_s:.0f}x faster | ≥ 20x | {ok(base_like / like_s >= 20)} |")
+    if moto:
+        m = f"{s3_rows:,}"
+        s3_ingest = s3_rows / (s3_one_s + s3_refresh_s)
+        s3_ingest_pq = s3_rows / s3_pq_s
+        near_ingest = s3_rows / (sub_one_s + sub_refresh_s)
+        sf, sl = statistics.median(s3_funnel), statistics.median(s3_like)
+        nf, nl = statistics.median(near_funnel), statistics.median(near_like)
+        print(f"| S3 (moto): ingest, 1 writer, vs raw `pq.write_table` to S3, {m} (traces/s) | {s3_ingest:,.0f} "
+              f"| (raw pq.write_table to S3) {s3_ingest_pq:,.0f} | {s3_ingest / s3_ingest_pq:.2f}x | — | |")
+        print(f"| S3 (moto) vs local: ingest, 1 writer, same {m} (traces/s) | {s3_ingest:,.0f} | (local) "
+              f"{near_ingest:,.0f} | {s3_ingest / near_ingest:.2f}x | — | |")
+        print(f"| S3 (moto) vs local: funnel query, same {m}, listing included (s) | {sf:.3f} | (local) {nf:.3f} "
+              f"| {sf / nf:.1f}x slower | — | |")
+        print(f"| S3 (moto) vs local: `reasoning like '%{SEARCH_WORD}%'`, same {m}, listing included (s) | {sl:.3f} "
+              f"| (local) {nl:.3f} | {sl / nl:.1f}x slower | — | |")
     print()
     print("Details:")
     print(f"- data: {n} traces in {len(wh.parts())} parts, {len(funnel_rows)} runs, "
@@ -416,6 +598,10 @@ def run(args, root: Path) -> None:
           f"({refresh_s:.2f} s): 1 writer {one_s:.1f} s, {args.writers} threads {par_s:.1f} s; generating the "
           f"tables took {gen_s:.1f} s and is not counted. Today's API, Trace objects through write_part "
           f"(to_table included): {sample.num_rows / write_part_s:,.0f} traces/s on {sample.num_rows:,} traces.")
+    print(f"- raw pq.write_table of every part (zstd, the dictionary columns; no schema check, temporary name, "
+          f"fsync or rename), 1 writer, alternating with the warehouse's write part by part: {pq_s:.1f} s; an fsync "
+          f"of each raw file afterwards took {fsync_s:.1f} s more ({args.traces / (pq_s + fsync_s):,.0f} traces/s "
+          f"with it: the warehouse's 1 writer is {ingest_one / (args.traces / (pq_s + fsync_s)):.2f}x of raw + fsync).")
     print(f"- distill queries: median of 3 through Warehouse.query; funnel {', '.join(f'{x:.3f}' for x in funnel_times)} s, "
           f"like {', '.join(f'{x:.3f}' for x in like_times)} s.")
     print(f"- baseline ingest: to_pandas().to_json(lines=True) + fsync, 1 writer, measured on the "
@@ -427,6 +613,24 @@ def run(args, root: Path) -> None:
           f"{base['load_s']:.1f} s, funnel {base['funnel_s']:.2f} s, str.contains {base['like_s']:.2f} s; each query "
           f"counts the load, as a fresh session pays it. pandas' answers equal DuckDB's on the same runs "
           f"(funnel rows and match count).")
+    if moto:
+        from importlib.metadata import version
+
+        twin_note = (f"a local twin warehouse of the same {n_s3} parts (written untimed) answered the local side"
+                     if twin else f"the local side is the main warehouse ({n_s3} parts, all of them)")
+        print(f"- S3: moto_server {version('moto')} on 127.0.0.1 (a Python server on this machine, objects in its memory, "
+              f"sharing the cores with this script; so a lower bound for a real store's throughput per client, not a "
+              f"prediction), pyarrow's S3FileSystem, Warehouse('s3://{moto.bucket}/wh'). Ingest: the first {n_s3} parts "
+              f"({m} traces, {gib(sub_bytes)} of Parquet), 1 writer, alternating part by part with raw pq.write_table "
+              f"to the same S3FileSystem: write_table {s3_one_s:.1f} s + refresh {s3_refresh_s:.2f} s, raw "
+              f"{s3_pq_s:.1f} s; the local filesystem on the same parts (the 1-writer pass): write_table "
+              f"{sub_one_s:.1f} s + refresh {sub_refresh_s:.2f} s, raw {sub_pq_s:.1f} s.")
+        print(f"- S3 queries: median of 3 through Warehouse.query. An S3 warehouse has no catalog file: every "
+              f"connection lists the store and builds the views over Arrow datasets, and that is in each query's time; "
+              f"connect() alone took {', '.join(f'{x:.3f}' for x in s3_connect)} s. Funnel "
+              f"{', '.join(f'{x:.3f}' for x in s3_funnel)} s, like {', '.join(f'{x:.3f}' for x in s3_like)} s; local "
+              f"funnel {', '.join(f'{x:.3f}' for x in near_funnel)} s, like {', '.join(f'{x:.3f}' for x in near_like)} s "
+              f"({twin_note}). S3's answers equal the local ones (funnel rows, {s3_matches:,} matches).")
     load = os.getloadavg()
     print(f"- machine: {os.cpu_count()} cores, load average {load[0]:.2f} at the end (other work on the machine "
           f"shows up as noise: rerun to see the spread).")
