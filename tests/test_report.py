@@ -524,3 +524,25 @@ def test_text_from_the_warehouse_runs_no_script_in_chromium(tmp_path, make_trace
     # the browser's DOM: no script element, the text shown as text
     assert "<body" in proc.stdout, proc.stderr[-2000:]
     assert "<script" not in proc.stdout and "&lt;script&gt;alert(1)&lt;/script&gt;" in proc.stdout
+
+
+def test_global_dedup_decisions_show_in_the_duplicates_section(tmp_path, make_trace):
+    import pyarrow as pa
+
+    from distill.warehouse.report import report_html
+    from distill.warehouse.schema import DECISIONS_SCHEMA
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.write_part("r", 0, [make_trace(trace_id=f"t{i}", run_id="r", sample_index=i, correct=True, kept=True)
+                           for i in range(3)])
+    wh.write_run({"run_id": "r", "status": "finished", "recipe": {"filters": ["rejection"]}, "calls": []})
+    now = pa.array([0] * 2, pa.timestamp("us", tz="UTC"))
+    wh.write_decisions("global_dedup", ["r"], pa.table({
+        "run_id": ["r", "r"], "trace_id": ["t1", "t2"], "stage": ["global_dedup"] * 2, "score": [1.0, 0.9],
+        "kept": [False, False], "rejected_by": ["duplicate", "near_duplicate"], "detail": [None, None],
+        "created_at": now}, schema=DECISIONS_SCHEMA))
+    wh.refresh()
+    text = report_html(wh.root, "r")
+    cells = {r[0]: r[-1] for r in table_rows(text, "duplicates")}
+    assert cells["dropped over the whole run as duplicate"] == "1"
+    assert cells["dropped over the whole run as near_duplicate"] == "1"

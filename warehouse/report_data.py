@@ -115,6 +115,8 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
     dedup = {"in_recipe": "dedup" in specs, "report": reports.get("dedup") or {},
              "scope": filter_param(specs, "dedup", "scope"), "threshold": filter_param(specs, "dedup", "threshold")}
     dedup["rejected"] = dict(q(f"SELECT rejected_by, count(*) {s} AND rejected_stage = 'dedup' GROUP BY 1 ORDER BY 1"))
+    # decided over whole runs afterwards (distill dedup, or the recipe's global_dedup): the decisions overlay
+    dedup["global"] = dict(q(f"SELECT rejected_by, count(*) {s} AND rejected_stage = 'global_dedup' GROUP BY 1 ORDER BY 1"))
     dedup["flagged"], dedup["problems"] = q(
         f"SELECT count(*), count(DISTINCT problem_id) {s} AND scores['dedup'] >= ?", [dedup["threshold"] or 1.0])[0]
 
