@@ -181,3 +181,16 @@ def test_a_refresh_leaves_another_writers_temporary_catalog_alone(tmp_path, make
     wh.refresh()
     assert busy.exists() and not stale.exists()
     assert wh.query("select count(*) from traces")[1] == [(2,)]
+
+
+def test_any_fsspec_url_is_a_warehouse_root(make_trace):
+    # memory:// stands for the fsspec schemes pyarrow has no client of its own for (hf://, az://, …)
+    wh = Warehouse("memory://distill-test/wh")
+    assert not wh.local and wh.root == "memory://distill-test/wh"
+    wh.write_part("r", 0, traces_for(make_trace, "r", 4), expected=4)
+    wh.write_checkpoint("r", 1, traces_for(make_trace, "r", 2))
+    wh.write_run({"run_id": "r", "status": "finished"})
+    assert wh.part_missing("r", 0) == 0 and wh.checkpointed_shards("r") == {1}
+    assert wh.query("select samples, kept from funnel")[1] == [(4, 2)]
+    assert wh.query("select status from runs")[1] == [("finished",)]
+    assert len(wh.find_samples(["r-0", "r-3"])) == 2
