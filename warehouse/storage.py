@@ -13,7 +13,9 @@ Endpoint and credentials come from where the AWS tools look: `AWS_ENDPOINT_URL` 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -131,6 +133,18 @@ class Storage:
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode("utf-8")
+
+    def read_json(self, rel: str):
+        """A JSON file, parsed. An object replaced while it is read can come back cut (the client learns the
+        size, then reads that many bytes of whichever version is there): read it again until it parses."""
+        for attempt in range(6):
+            data = self.read_bytes(rel)
+            try:
+                return json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if self.local or attempt == 5:
+                    raise DistillError(f"warehouse {self.url}: {rel} is not valid JSON") from None
+                time.sleep(0.02 * 2 ** attempt)
 
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Write a file whole or not at all (see the module's doc); returns its path or URL."""

@@ -273,10 +273,8 @@ class Warehouse:
         return self._at(f"plans/{run_id}.json")
 
     def read_plan(self, run_id: str) -> list[list[str]] | None:
-        try:
-            return json.loads(self.storage.read_text(f"plans/{run_id}.json"))["shards"]
-        except FileNotFoundError:
-            return None
+        plan = self._read_json(f"plans/{run_id}.json")
+        return plan["shards"] if plan is not None else None
 
     def write_plan(self, run_id: str, shards: list[list[str]]) -> Path | str:
         self.storage.write_text(f"plans/{run_id}.json", json.dumps({"run_id": run_id, "shards": shards}))
@@ -351,7 +349,7 @@ class Warehouse:
 
     def _read_json(self, rel: str) -> dict | None:
         try:
-            return json.loads(self.storage.read_text(rel))
+            return self.storage.read_json(rel)
         except FileNotFoundError:
             return None
 
@@ -537,8 +535,8 @@ class Warehouse:
         for rel in self.storage.list(folder, "*.json"):
             name = rel.rsplit("/", 1)[1]
             names.append(name)
-            try:
-                (local / name).write_bytes(self.storage.read_bytes(rel))
+            try:  # parsed first: a record replaced while it was read is read again (Storage.read_json)
+                (local / name).write_text(json.dumps(self.storage.read_json(rel)), encoding="utf-8")
             except FileNotFoundError:  # removed since the listing
                 names.pop()
         for stale in set(p.name for p in local.glob("*.json")) - set(names):
@@ -546,14 +544,20 @@ class Warehouse:
         return names
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
-        con = self.connect(read_only=True)
-        try:
-            check_read_only(con, sql)
-            cur = con.execute(sql, params or [])
-            cols = [d[0] for d in cur.description] if cur.description else []
-            return cols, cur.fetchall()
-        finally:
-            con.close()
+        # On object storage a file listed at connect can be replaced while the query reads it (a redone shard,
+        # rebuilt journeys, decisions made again): a read of that moment fails; list and read again, once.
+        for attempt in range(1 if self.local else 2):
+            con = self.connect(read_only=True)
+            try:
+                check_read_only(con, sql)
+                cur = con.execute(sql, params or [])
+                cols = [d[0] for d in cur.description] if cur.description else []
+                return cols, cur.fetchall()
+            except (duckdb.IOException, duckdb.InvalidInputException, pa.ArrowInvalid, OSError):
+                if self.local or attempt == 1:
+                    raise
+            finally:
+                con.close()
 
 
 def merge_runs(records: list[dict]) -> dict:
