@@ -64,3 +64,22 @@ def test_a_message_with_brackets_is_printed_as_written(monkeypatch, capsys):
         cli.main()
     assert "got [bold]x[/]" in capsys.readouterr().err
     assert distill.__version__
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--worker", "4/4"], "error: --worker '4/4': expected K/N with 0 <= K < N"),
+    (["--worker", "two"], "error: --worker 'two': expected K/N with 0 <= K < N"),
+    (["--set", "worker=3"], "error: worker 3 of 1: worker must be below workers"),
+])
+def test_a_bad_worker_is_one_line_and_writes_nothing(args, text, tmp_path, monkeypatch, capsys):
+    from distill.flows import cli
+    from tests.conftest import ROOT
+
+    wh = tmp_path / "wh"
+    monkeypatch.setattr(sys, "argv", ["distill", "run", str(ROOT / "recipes" / "default.yaml"), *args,
+                                      "--warehouse", str(wh)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith(text) and "\n" not in err
+    assert not wh.exists()  # refused before anything was written

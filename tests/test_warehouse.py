@@ -194,3 +194,12 @@ def test_any_fsspec_url_is_a_warehouse_root(make_trace):
     assert wh.query("select samples, kept from funnel")[1] == [(4, 2)]
     assert wh.query("select status from runs")[1] == [("finished",)]
     assert len(wh.find_samples(["r-0", "r-3"])) == 2
+
+
+def test_a_record_that_is_not_json_is_one_clear_error_and_leaves_the_file(tmp_path):
+    wh = Warehouse(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r.json").write_text('{"run_id": "r", "sta')
+    with pytest.raises(DistillError, match=r"^warehouse .*: runs/r.json is not valid JSON$"):
+        wh.read_run("r")
+    assert (tmp_path / "runs" / "r.json").read_text() == '{"run_id": "r", "sta'  # never rewritten or removed
