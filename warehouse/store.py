@@ -546,7 +546,8 @@ class Warehouse:
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         # On object storage a file listed at connect can be replaced while the query reads it (a redone shard,
         # rebuilt journeys, decisions made again): a read of that moment fails; list and read again, once.
-        for attempt in range(1 if self.local else 2):
+        tries = 1 if self.local else 2
+        for attempt in range(tries):
             con = self.connect(read_only=True)
             try:
                 check_read_only(con, sql)
@@ -554,7 +555,7 @@ class Warehouse:
                 cols = [d[0] for d in cur.description] if cur.description else []
                 return cols, cur.fetchall()
             except (duckdb.IOException, duckdb.InvalidInputException, pa.ArrowInvalid, OSError):
-                if self.local or attempt == 1:
+                if attempt == tries - 1:
                     raise
             finally:
                 con.close()
