@@ -6,8 +6,8 @@ on held-out problems (none of the generation run's problems) with the same verif
 gives pass@1 and maj@k with 95% intervals and each student's paired gain over the base model.
 
 A rerun picks up where a run stopped: generation skips finished shards (and journeys already built),
-a student whose training finished with the same settings and data is not retrained; evaluations
-are run again (minutes), so a table always comes from the models on disk.
+a student whose training finished with the same settings and data is not retrained, and a model whose
+weights on disk were evaluated on the same problems with the same settings is not evaluated again.
 """
 import hashlib
 import json
@@ -109,13 +109,36 @@ def train_task(settings: dict) -> dict:
     return record
 
 
+def weights_key(model: str) -> str:
+    """The weights a model name stands for now: a hash of its files' names, sizes and times when it is a local
+    folder or file (a retrained student has new files), else the name itself (a Hub id, an alias)."""
+    from distill.generators.models import resolve_model
+
+    path = Path(resolve_model(model))
+    if not path.exists():
+        return model
+    files = sorted(f for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
+    stat = [(str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:16]
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def eval_task(model: str, label: str, problems: list, cfg: PipelineConfig, warehouse: str) -> dict:
-    from distill.trainers.evaluate import evaluate, save
+    """Evaluate one model, unless the same weights were evaluated on the same problems with the same settings
+    (the stored eval names its weights_key): a rerun's table then comes from the stored results."""
+    from distill.trainers.evaluate import eval_id_for, evaluate, save
+    from distill.warehouse.store import Warehouse
 
-    result = evaluate(model, f"{cfg.name}-heldout", problems, n=cfg.eval_n, backend=cfg.eval_backend,
-                      temperature=cfg.eval_temperature, max_tokens=cfg.eval_max_tokens)
-    save(result, warehouse)
+    benchmark, key = f"{cfg.name}-heldout", weights_key(model)
+    settings = {"n": cfg.eval_n, "k": cfg.eval_n, "temperature": cfg.eval_temperature, "top_p": 0.95,
+                "max_tokens": cfg.eval_max_tokens, "seed": 0}
+    eval_id = eval_id_for(model, benchmark, problems, **settings)
+    wh = Warehouse(warehouse)
+    stored = wh._read_json(f"evals/{eval_id}.json")
+    if stored and stored.get("weights_key") == key:
+        return {"label": label, **stored, "resumed": True}
+    result = evaluate(model, benchmark, problems, backend=cfg.eval_backend, **settings)
+    save(result, warehouse, {"weights_key": key})
     return {"label": label, **result.__dict__}
 
 

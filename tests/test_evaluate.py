@@ -122,3 +122,18 @@ def test_eval_temp_files_are_unique_per_writer(tmp_path, monkeypatch):
     save(_result("eval-a"), tmp_path)
     assert len(set(names)) == 2 and all(n.startswith(".tmp-eval-a.json-") and n.endswith(".partial") and not n.endswith(".json") for n in names)
     assert json.loads((tmp_path / "evals" / "eval-a.json").read_text())["eval_id"] == "eval-a"
+
+
+def test_weights_key_names_the_weights_on_disk_not_the_path(tmp_path):
+    """A pipeline rerun reuses a stored eval only for the same weights: a retrained student (same folder,
+    new files) has another key; a Hub id or alias is its own key."""
+    from distill.flows.pipeline import weights_key
+
+    student = tmp_path / "students" / "shortcut"
+    student.mkdir(parents=True)
+    (student / "model.safetensors").write_bytes(b"a" * 10)
+    first = weights_key(str(student))
+    assert weights_key(str(student)) == first
+    (student / "model.safetensors").write_bytes(b"b" * 11)  # retrained: other bytes, another size and time
+    assert weights_key(str(student)) != first
+    assert weights_key("org/some-model") == "org/some-model"

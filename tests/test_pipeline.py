@@ -56,6 +56,9 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
     run = wh.read_run(s["run_id"])
     assert s2["run_id"] == s["run_id"] and run["shards_resumed"] == run["shards"]
     assert s2["timings"]["train_shortcut"] < 5 and s2["timings"]["train_mixed"] < 5
+    # nor evaluate again: the same weights on the same problems give the stored results
+    assert s2["results"] == s["results"] and s2["timings"]["evaluate"] < 5
+    assert wh.query("select count(*) from evals")[1] == [(3,)]
 
 
 def test_heldout_filter_removes_generation_problems_when_the_recipe_has_a_prompt_template(tmp_path, make_trace):

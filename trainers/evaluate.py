@@ -118,6 +118,16 @@ def benchmark_problems(benchmark: str, limit: int | None = None, split: str = "t
                          limit=limit)
 
 
+def eval_id_for(model: str, benchmark: str, problems: list[Problem], *, n: int, k: int, temperature: float,
+                top_p: float, max_tokens: int, seed: int, system_prompt: str | None = None, few_shot: list | None = None,
+                prompt_template: str = "{question}") -> str:
+    """What an eval asked (the model by name, the problems, the sampling): its id, known before it runs."""
+    key = json.dumps([model, benchmark, n, k, temperature, top_p, max_tokens, seed, system_prompt, few_shot,
+                      *([prompt_template] if prompt_template != "{question}" else []),
+                      [p.problem_id for p in problems]], sort_keys=True, default=str)
+    return f"eval-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
 def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4, k: int | None = None,
              backend: str = "auto", temperature: float = 0.6, top_p: float = 0.95, max_tokens: int = 256,
              seed: int = 0, system_prompt: str | None = None, few_shot: list | None = None,
@@ -157,15 +167,14 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
     mk, mk_ci = mean_ci([float(r["maj"]) for r in per_problem])
     boxed = sum(r["boxed"] for r in per_problem) / max(1, sum(r["samples"] for r in per_problem))
     strict, strict_ci = mean_ci([r["strict"] / r["samples"] for r in per_problem])
-    key = json.dumps([model, benchmark, n, k, temperature, top_p, max_tokens, seed, system_prompt, few_shot,
-                      *([prompt_template] if prompt_template != "{question}" else []),
-                      [p.problem_id for p in problems]], sort_keys=True, default=str)
-    eval_id = f"eval-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    eval_id = eval_id_for(model, benchmark, problems, n=n, k=k, temperature=temperature, top_p=top_p,
+                          max_tokens=max_tokens, seed=seed, system_prompt=system_prompt, few_shot=few_shot,
+                          prompt_template=prompt_template)
     return EvalResult(eval_id, model, benchmark, len(problems), n, k, p1, p1_ci, mk, mk_ci, boxed, strict, strict_ci,
                       per_problem)
 
 
-def save(result: EvalResult, root: str | Path) -> Path | str:
+def save(result: EvalResult, root: str | Path, extra: dict | None = None) -> Path | str:
     """Write `<root>/evals/<eval_id>.json` all or nothing.
 
     The temporary file (distill.files) ends in `.partial`, never matched by the `evals` view's
@@ -179,6 +188,6 @@ def save(result: EvalResult, root: str | Path) -> Path | str:
         # An older writer named its temporary file `.tmp-<eval_id>.json`: one left by a crash breaks the
         # view. No writer makes such names now, so one found here is a leftover.
         remove_leftovers(wh.storage.path / "evals", ".tmp-*.json")
-    record = {**result.__dict__, "created_at": datetime.now(timezone.utc).isoformat(), "timestamp": time.time()}
+    record = {**result.__dict__, **(extra or {}), "created_at": datetime.now(timezone.utc).isoformat(), "timestamp": time.time()}
     wh.storage.write_text(f"evals/{result.eval_id}.json", json.dumps(record, indent=1, default=list))
     return wh._at(f"evals/{result.eval_id}.json")
