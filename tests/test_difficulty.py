@@ -17,7 +17,7 @@ from distill.errors import ConfigError, DistillError
 from distill.warehouse.export import export
 from distill.warehouse.schema import DECISIONS_SCHEMA
 from distill.warehouse.store import Warehouse
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 CORRECT = [4, 3, 2, 1, 0, 2]  # of 4 samples, per problem p0..p5: pass rates 1, .75, .5, .25, 0, .5
 
@@ -122,3 +122,76 @@ def test_bad_difficulty_arguments_are_one_line_and_write_nothing(wh_dir, tmp_pat
             export(wh_dir, tmp_path / "out", **kwargs)
         assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+# -- pass_rate_from: problems chosen by another run's pass rates, before generation ------------------------
+def recipe_with(wh_dir, **keys):
+    from distill.flows.recipe import load_recipe
+
+    return load_recipe(ROOT / "recipes" / "default.yaml", {"warehouse": str(wh_dir), **keys})
+
+
+def test_pass_rate_from_keeps_the_problems_in_range_of_the_other_run(wh_dir):
+    from distill.flows.preselect import preselect
+    from distill.generators.problems import Problem
+
+    problems = [Problem(f"p{i}", "s", "math", f"What is {i} + 2?", str(i + 2)) for i in range(8)]  # cheap has p0..p5
+    recipe = recipe_with(wh_dir, pass_rate_from="cheap", pass_rate_min=0.25, pass_rate_max=0.75)
+    keep, record = preselect(recipe, Warehouse(wh_dir), problems)
+    assert [p.problem_id for p in keep] == ["p1", "p2", "p3", "p5"]
+    assert record == {"pass_rate_from": "cheap", "problems_skipped": {"pass_rate": 2, "not_in_run": 2}}
+    # its own selection records pass rates but leaves the thresholds to the other run's
+    assert recipe.selection.own_pass_rate_range() == (None, None)
+    assert recipe_with(wh_dir, pass_rate_min=0.25).selection.own_pass_rate_range() == (0.25, None)
+    assert preselect(recipe_with(wh_dir), Warehouse(wh_dir), problems) == (problems, {})
+
+
+def test_pass_rate_from_an_unknown_run_is_one_line_naming_the_runs(wh_dir, tmp_path):
+    from distill.flows.preselect import preselect
+
+    with pytest.raises(ConfigError, match=r"pass_rate_from: no run 'nope' with samples in .* \(runs: big, cheap\)$"):
+        preselect(recipe_with(wh_dir, pass_rate_from="nope", pass_rate_max=0.5), Warehouse(wh_dir), [])
+    with pytest.raises(ConfigError, match=r"no run 'cheap' .* \(runs: none\)$"):  # no warehouse there yet
+        preselect(recipe_with(tmp_path / "new", pass_rate_from="cheap", pass_rate_max=0.5), Warehouse(tmp_path / "new"), [])
+    assert not (tmp_path / "new").exists()
+
+
+def test_pass_rate_from_needs_a_range_and_leaves_existing_run_ids_alone(wh_dir):
+    with pytest.raises(ConfigError, match="recipe key 'pass_rate_from': expected a run id, with pass_rate_min or "
+                                          "pass_rate_max set"):
+        recipe_with(wh_dir, pass_rate_from="cheap")
+    plain = recipe_with(wh_dir, pass_rate_min=0.25)
+    assert "pass_rate_from" not in plain.identity()  # ONLY_WHEN_SET: recipes without it keep their run ids
+    assert recipe_with(wh_dir, pass_rate_min=0.25, pass_rate_from="cheap").fingerprint() != plain.fingerprint()
+
+
+@pytest.mark.slow
+def test_pass_rate_from_end_to_end_asks_the_teacher_only_for_problems_in_range(tmp_path, make_trace):
+    """A cheap run (written directly) rated three of four problems; `distill run` with the real embedded model
+    and pass_rate_from samples only the one in range: the others are never planned nor sent to the teacher."""
+    from distill.generators.problems import load_problems
+
+    pairs = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 6 + 1?", "7"), ("What is 9 + 9?", "18")]
+    (tmp_path / "problems.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in pairs))
+    problems = load_problems("problems.jsonl", base_dir=tmp_path)
+    wh = Warehouse(tmp_path / "wh")
+    cheap = [make_trace(trace_id=f"cheap-{p.problem_id}-{i}", run_id="cheap", problem_id=p.problem_id, sample_index=i,
+                        correct=i < k, kept=i < k) for p, k in zip(problems[:3], [2, 1, 0]) for i in range(2)]
+    wh.write_part("cheap", 0, cheap)  # pass rates 1, 0.5, 0; the fourth problem never sampled
+    wh.refresh()
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "name": "expensive", "dataset": "problems.jsonl", "model": "smollm2-135m", "backend": "transformers", "n": 2,
+        "max_tokens": 16, "filters": ["truncation", "rejection"], "pass_rate_from": "cheap", "pass_rate_min": 0.25,
+        "pass_rate_max": 0.75, "warehouse": str(tmp_path / "wh")}))
+    r = run_cli("run", str(tmp_path / "r.yaml"), timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "problems skipped by run cheap's pass rates: 2 out of range, 1 it never sampled" in r.stdout
+    (run_id,) = [i for i in wh.run_ids() if i != "cheap"]
+    record = wh.read_run(run_id)
+    assert record["problems_skipped"] == {"pass_rate": 2, "not_in_run": 1} and record["problems"] == 1
+    assert record["samples_generated"] == 2 and record["teacher_calls"] == 1  # one problem x n = 2
+    assert wh.read_plan(run_id) == [[problems[1].problem_id]]
+    rows = wh.query("select problem_id, scores['pass_rate'], rejected_by from traces where run_id = ?", [run_id])[1]
+    assert {p for p, _, _ in rows} == {problems[1].problem_id} and len(rows) == 2
+    # this run's own pass rate is recorded, never used to drop: the range was the cheap run's to decide
+    assert all(rate is not None and why != "pass_rate" for _, rate, why in rows)
