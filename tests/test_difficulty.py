@@ -195,3 +195,15 @@ def test_pass_rate_from_end_to_end_asks_the_teacher_only_for_problems_in_range(t
     assert {p for p, _, _ in rows} == {problems[1].problem_id} and len(rows) == 2
     # this run's own pass rate is recorded, never used to drop: the range was the cheap run's to decide
     assert all(rate is not None and why != "pass_rate" for _, rate, why in rows)
+
+
+@pytest.mark.slow
+def test_difficulty_on_object_storage_is_the_local_one(wh_dir, s3_root, make_trace, tmp_path):
+    """The views are shared: the same parts on S3 (a real S3 API, moto) give the same difficulty rows and curriculum."""
+    wh = Warehouse(s3_root)
+    wh.write_part("cheap", 0, samples(make_trace, "cheap", CORRECT))
+    wh.write_run({"run_id": "cheap", "status": "finished", "recipe": {}})
+    query = "select * from difficulty where run_id = 'cheap' order by problem_id"
+    assert wh.query(query) == Warehouse(wh_dir).query(query)
+    export(s3_root, tmp_path / "out", order="difficulty", difficulty_min=0.25)
+    assert [r["problem_id"] for r in rows_of(tmp_path / "out")] == ["p1"] * 3 + ["p2", "p2", "p5", "p5", "p3"]
