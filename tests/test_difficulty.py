@@ -152,7 +152,8 @@ def test_pass_rate_from_an_unknown_run_is_one_line_naming_the_runs(wh_dir, tmp_p
     with pytest.raises(ConfigError, match=r"pass_rate_from: no run 'nope' with samples in .* \(runs: big, cheap\)$"):
         preselect(recipe_with(wh_dir, pass_rate_from="nope", pass_rate_max=0.5), Warehouse(wh_dir), [])
     with pytest.raises(ConfigError, match=r"no run 'cheap' .* \(runs: none\)$"):  # no warehouse there yet
-        preselect(recipe_with(tmp_path / "new", pass_rate_from="cheap", pass_rate_max=0.5), Warehouse(tmp_path / "new"), [])
+        new = tmp_path / "new"
+        preselect(recipe_with(new, pass_rate_from="cheap", pass_rate_max=0.5), Warehouse(new), [])
     assert not (tmp_path / "new").exists()
 
 

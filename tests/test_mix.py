@@ -45,6 +45,10 @@ def rows_of(out) -> list[dict]:
     return pq.read_table(out / "data" / "train-00000-of-00001.parquet").to_pylist()
 
 
+def trace_ids(out) -> set[str]:
+    return {r["trace_id"] for f in (out / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist()}
+
+
 def table_row(card: str, source: str) -> list[str]:
     line = next(line for line in card.splitlines() if line.startswith(f"| `{source}` |"))
     return [c.strip() for c in line.strip("|").split("|")]
@@ -103,11 +107,9 @@ def test_same_arguments_same_bytes_and_the_seed_picks_the_rows(wh_dir, tmp_path)
     first = digest(tmp_path / "out")
     export(wh_dir, tmp_path / "out", overwrite=True, **args)
     assert digest(tmp_path / "out") == first and len(first) == 3
-    picked = {r["trace_id"] for s in ("train", "test") for r in
-              pq.read_table(tmp_path / "out" / "data" / f"{s}-00000-of-00001.parquet").to_pylist()}
+    picked = trace_ids(tmp_path / "out")
     export(wh_dir, tmp_path / "other", seed=1, **args)
-    other = {r["trace_id"] for s in ("train", "test") if (tmp_path / "other" / "data" / f"{s}-00000-of-00001.parquet").exists()
-             for r in pq.read_table(tmp_path / "other" / "data" / f"{s}-00000-of-00001.parquet").to_pylist()}
+    other = trace_ids(tmp_path / "other")
     assert len(picked) == len(other) == 13 and picked != other
 
 

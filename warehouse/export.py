@@ -199,7 +199,8 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
             con.close()
     filtered = difficulty_min is not None or difficulty_max is not None
     hardness = difficulties(wh) if filtered or order == "difficulty" else {}
-    lo, hi = (difficulty_min if difficulty_min is not None else 0.0), (difficulty_max if difficulty_max is not None else 1.0)
+    lo = difficulty_min if difficulty_min is not None else 0.0
+    hi = difficulty_max if difficulty_max is not None else 1.0
     out_of_range = 0
 
     def in_range(rows: list[dict]) -> list[dict]:
@@ -227,7 +228,8 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
     if not rows:
         hint = "" if variant == "shortcut" else " (journey rows need problems with both a wrong and a kept sample)"
         limits = f", difficulty in [{lo}, {hi}]" if filtered else ""
-        raise DistillError(f"no rows match: runs={runs or ('the --mix sources' if mix else 'all')}, where={where!r}, variant={variant}{limits}{hint}")
+        what = runs or ("the --mix sources" if mix else "all")
+        raise DistillError(f"no rows match: runs={what}, where={where!r}, variant={variant}{limits}{hint}")
     if order == "difficulty":  # rows with no difficulty (chat rows) last
         rows.sort(key=lambda r: (hardness.get((r["run_id"], r["problem_id"]), 2.0), r["trace_id"]))
     else:

@@ -101,8 +101,8 @@ def parse_mix(items: list[str], runs: set[str], total: int | None) -> tuple[list
         if name not in runs:
             found = [p for p in ([base / name] if base else []) + [Path(name)] if p.is_file()]
             if not found:
-                raise DistillError(f"--mix {name}: not a run in the warehouse (runs: {', '.join(sorted(runs)) or 'none'})"
-                                   " nor a chat file")
+                known = ", ".join(sorted(runs)) or "none"
+                raise DistillError(f"--mix {name}: not a run in the warehouse (runs: {known}) nor a chat file")
             if found[0].suffix not in CHAT_SUFFIXES:
                 raise DistillError(f"--mix {name}: a chat file must be .jsonl, .json or .parquet rows of `messages`")
             src.kind, src.path = "chat", found[0]
