@@ -68,6 +68,7 @@ def test_runs_and_chat_file_deduplicated_by_question_first_source_wins(wh_dir, t
     assert table_row(res.card, "b")[1:6] == ["run", "all", "12", "4", "8"]
     assert table_row(res.card, str(CHAT))[1:6] == ["chat", "all", "7", "1", "6"]
     assert res.splits == {"train": 26} and res.warnings == []
+    assert "| chat-small.jsonl (chat file) | 6 | see the source dataset |" in res.card  # for its license
     ids = [r["trace_id"] for r in rows]
     assert ids == sorted(ids)  # rows ordered as without a mix
 

@@ -243,7 +243,8 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
     card = dataset_card(wh, used_runs, {k: len(v) for k, v in splits.items()}, variant=variant, where=where,
                         test_size=test_size, seed=seed, max_wrong=max_wrong, command=command,
                         shaping=shaping_lines(filtered, lo, hi, out_of_range, order),
-                        mix=mixes.card_lines(sources, total, seed, chat_think) if sources else [])
+                        mix=mixes.card_lines(sources, total, seed, chat_think) if sources else [],
+                        chat_sources=[(s.path.name, s.problems) for s in sources or [] if s.kind == "chat" and s.taken])
     with replacing(out) as tmp:
         (tmp / "data").mkdir(parents=True)
         for name, part in sorted(splits.items()):
@@ -266,7 +267,7 @@ def shaping_lines(filtered: bool, lo: float, hi: float, dropped: int, order: str
 
 def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *, variant: str, where: str | None,
                  test_size: float, seed: int, max_wrong: int, command: str | None, shaping: list[str] = (),
-                 mix: list[str] = ()) -> str:
+                 mix: list[str] = (), chat_sources: list[tuple[str, int]] = ()) -> str:
     from importlib import metadata
 
     try:
@@ -354,6 +355,7 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
     lines += [f"| {r} | {why} | {n} |" for r, why, n in reasons]
     lines += ["", "## Sources", "", "| source | problems | license |", "|---|---:|---|"]
     lines += [f"| {s} | {n} | {_license(s)} |" for s, n in sources]
+    lines += [f"| {name} (chat file) | {n} | see the source dataset |" for name, n in chat_sources]
     lines += ["", "## Reproduce", "", "```", command or "distill export …", "```", ""]
     return "\n".join(lines)
 

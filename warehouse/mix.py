@@ -39,6 +39,7 @@ class Source:
     available: int = 0  # rows it offered (after --where, variant and difficulty)
     duplicates: int = 0  # of those, rows of a problem an earlier source gave
     taken: int = 0
+    problems: int = 0  # distinct questions among the rows taken
     notes: list[str] = field(default_factory=list)
 
 
@@ -196,6 +197,7 @@ def take(sources: list[Source], candidates: list[list[dict]], seed: int) -> tupl
             warnings.append(f"--mix {src.name}: {note}")
         picked = fresh if src.count is None else fresh[:src.count]
         src.taken = len(picked)
+        src.problems = len({question_key(r) for r in picked})
         seen |= {question_key(r) for r in picked}
         rows += picked
     return rows, warnings
