@@ -211,6 +211,10 @@ def print_funnel(root: str, run_id: str, run: dict) -> None:
               + (f"  ·  {run['shards_resumed']} of {run['shards']} shards already done" if run.get("shards_resumed") else "")
               + f"  ·  this call: {call.get('generated', 0)} samples from the teacher, {call.get('reused', 0)} reused"
               + origin + recovered, highlight=False)
+    if run.get("pass_rate_from"):  # problems never sent to the teacher: outside the range in the other run
+        skipped = run.get("problems_skipped") or {}
+        out.print(f"problems skipped by run {run['pass_rate_from']}'s pass rates: {skipped.get('pass_rate', 0)} out of "
+                  f"range, {skipped.get('not_in_run', 0)} it never sampled", highlight=False)
     out.print("query it: distill sql \"select rejected_by, count(*) from traces group by 1\""
               + ("" if str(root) in ("./distill-data", "distill-data") else f" --warehouse {root}"), highlight=False)
 
@@ -220,7 +224,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, filter_funnel, journeys, runs, evals."),
+    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, difficulty, funnel, filter_funnel, journeys, runs, evals."),
     warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
                                       "suffix, else table)."),
@@ -331,14 +335,28 @@ def export(
     variant: str = typer.Option("shortcut", "--variant", help="shortcut (correct paths only) | journey "
                                 "(wrong path, noticed, then a correct path) | mixed (both)."),
     test_size: float = typer.Option(0.0, "--test-size", help="Share of problems in a test split (0 = train only)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split and of sampling within --mix sources."),
     max_wrong: int = typer.Option(1, "--max-wrong", help="journey: most wrong paths before the correct one."),
+    difficulty_min: Optional[float] = typer.Option(None, "--difficulty-min", help="Only problems at least this hard "
+                                                   "in their run: 0 easy … 1 hard (1 - pass rate, the difficulty "
+                                                   "view)."),
+    difficulty_max: Optional[float] = typer.Option(None, "--difficulty-max", help="Only problems at most this hard "
+                                                   "(0 … 1)."),
+    order: str = typer.Option("trace_id", "--order", help="trace_id | difficulty (a curriculum: easy → hard, ties by "
+                              "trace_id)."),
+    mix: Optional[list[str]] = typer.Option(None, "--mix", help="A source of a mix, repeatable: RUN_ID=SPEC or "
+                                            "CHAT_FILE=SPEC (.jsonl/.json/.parquet rows of messages), SPEC a count "
+                                            "(600), a weight (0.25, with --total) or all; or one mix.yaml. The first "
+                                            "listed source to give a problem keeps it."),
+    total: Optional[int] = typer.Option(None, "--total", help="--mix with weights: the rows they are shares of."),
+    chat_think: str = typer.Option("empty", "--chat-think", help="--mix chat files' assistant turns: empty (an "
+                                   "empty <think></think> block before the answer) | none (as they are)."),
     hub: Optional[str] = typer.Option(None, "--hub", help="Also push to this Hugging Face dataset repo (org/name)."),
     private: bool = typer.Option(False, "--private", help="With --hub: create the repo private."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an earlier export included)."),
     warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
 ):
-    """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, with a card; optionally push it."""
+    """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, or a mix of runs and chat files, in curriculum order if asked, with a card; optionally push it."""
     from distill.warehouse.export import export as do_export, push_to_hub
     from distill.warehouse.store import Warehouse
 
@@ -347,7 +365,10 @@ def export(
     command = shlex.join(["distill", *sys.argv[1:]])
     result = do_export(warehouse, out_dir, runs=[r.strip() for r in runs_.split(",") if r.strip()] if runs_ else None,
                        where=where, variant=variant, test_size=test_size, seed=seed, max_wrong=max_wrong,
-                       command=command, overwrite=overwrite)
+                       difficulty_min=difficulty_min, difficulty_max=difficulty_max, order=order, mix=mix or None,
+                       total=total, chat_think=chat_think, command=command, overwrite=overwrite)
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", highlight=False)
     out.print(f"exported {', '.join(f'{k}: {v} rows' for k, v in result.splits.items())} → {result.out} "
               f"(card: {result.out / 'README.md'})", highlight=False)
     if hub:

@@ -39,6 +39,7 @@ from distill.filters.selection import select_per_problem
 from distill.flows.dedup import global_step, resolve_against
 from distill.flows.journey import journeys_task
 from distill.flows.logs import terminal
+from distill.flows.preselect import preselect
 from distill.flows.recipe import Recipe
 from distill.generators import teacher_for
 from distill.generators.base import SamplingConfig, build_messages
@@ -280,7 +281,7 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
     run_filters, filters_lock = filters_for(recipe, run_id, base_dir)
     with filters_lock:  # filter objects keep state (dedup) and are not thread-safe
         reports = filters_mod.apply_filters(active, run_filters).reports  # this shard's, not the process's
-    select_per_problem(active, recipe.selection.keep_per_problem, recipe.selection.prefer, recipe.selection.pass_rate_min, recipe.selection.pass_rate_max)
+    select_per_problem(active, recipe.selection.keep_per_problem, recipe.selection.prefer, *recipe.selection.own_pass_rate_range())
     for t in removed:  # never deleted: a paid-for sample, and the problem may come back
         t.kept, t.rejected_by, t.rejected_stage = False, REMOVED, "dataset"
     t3 = time.perf_counter()
@@ -370,6 +371,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     started = time.time()
     timings: dict[str, float] = {}  # this call's, summed over the shards it ran
     problems = load_task(recipe, base_dir)
+    problems, preselected = preselect(recipe, wh, problems)  # pass_rate_from: the rest are never planned
     by_id = {p.problem_id: p for p in problems}  # a question given twice is one problem
     previous_plan = wh.read_plan(run_id)
     plan = plan_shards(previous_plan, list(by_id), recipe.execution.shard_size)
@@ -401,7 +403,7 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
         "backend": backend, "teacher": recipe.teacher.model, "versions": versions(), "git_sha": git_sha(),
         "problems": len(by_id), "shards": len(shards), "shards_resumed": len(mine) - len(todo),
         "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
-        "error": None, "failed_samples": 0, "failures": [],
+        "error": None, "failed_samples": 0, "failures": [], **preselected,
     }
     if previous.get("journeys"):  # built by earlier calls or `distill journeys`
         run["journeys"] = previous["journeys"]

@@ -107,6 +107,10 @@ class Selection(Section):
                                              "(too hard).", expected="a number in [0, 1] or null", ge=0, le=1)
     pass_rate_max: Number | None = key(None, "Drop problems whose pass rate is above this (too easy).",
                                        expected="a number in [0, 1] or null", ge=0, le=1)
+    pass_rate_from: str | None = key(
+        None, "Apply pass_rate_min/max to this earlier run's pass rates (e.g. a cheap model's), before generation: "
+              "problems outside the range, or that run never sampled, are never sent to the teacher (counted in the "
+              "run record's problems_skipped); this run's own pass rates are then recorded, not thresholded.")
     global_dedup: bool | dict | None = key(
         None, "Once every shard is stored: exact and near duplicates over all of the run's kept samples (MinHash "
               "LSH clusters, each keeps its lowest trace_id), decided as one and stored beside the parts (see "
@@ -123,6 +127,18 @@ class Selection(Section):
         if any(not (isinstance(s, str) or (isinstance(s, dict) and len(s) == 1)) for s in v):
             raise ValueError("a list whose entries are each a filter name or {name: {params}}")
         return v
+
+    @field_validator("pass_rate_from")
+    @classmethod
+    def _pass_rate_from(cls, v, info):
+        if v is not None and info.data.get("pass_rate_min") is None and info.data.get("pass_rate_max") is None:
+            raise ValueError("a run id, with pass_rate_min or pass_rate_max set (the range it selects problems by)")
+        return v
+
+    def own_pass_rate_range(self) -> tuple[float | None, float | None]:
+        """The thresholds this run's selection applies to its own pass rates: none when they were applied, before
+        generation, to another run's (pass_rate_from)."""
+        return (None, None) if self.pass_rate_from else (self.pass_rate_min, self.pass_rate_max)
 
     @field_validator("global_dedup")
     @classmethod
@@ -260,7 +276,7 @@ SECTION_OF = {k: s for s, cls in SECTIONS.items() for k in cls.model_fields}
 KEYS = ["name", *SECTION_OF]  # every flat key, in order
 EXECUTION_KEYS = frozenset(k for k, s in SECTION_OF.items() if s not in IDENTITY_SECTIONS)
 # Identity keys that enter the run id only when set (not null): added after run ids were first recorded.
-ONLY_WHEN_SET = frozenset({"global_dedup", "global_decontam"})
+ONLY_WHEN_SET = frozenset({"global_dedup", "global_decontam", "pass_rate_from"})
 
 
 class Recipe(Config):

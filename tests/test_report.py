@@ -246,8 +246,8 @@ def test_every_section_is_there_with_a_caption(page_a, runs):
     started = datetime.fromisoformat(record["started_at"]).strftime("%Y-%m-%d %H:%M:%S UTC")
     for fact in (runs["a"], "report-test", "smollm2-135m (transformers)", started, "temperature 0.6"):
         assert fact in text
-    # no difficulty column in the traces: the page says so instead of inventing one
-    assert "no difficulty or level column" in text
+    # the difficulty section is the difficulty view's levels, not a note that it is missing
+    assert "Not recorded" not in text and "1 · easy (pass rate ≥ 0.8)" in text
     # decontamination names the eval set and line from the run record
     assert "gsm8k-test-50 line 1" in text
 
@@ -300,6 +300,12 @@ def test_section_tables_equal_sql(page_a, runs):
     assert [pid, "1.00", "4", "4", "gsm8k-test-50 line 1"] == [r[i] for r in table_rows(text, "decontamination")[1:]
                                                                 for i in (0, 2, 3, 4, 5)]
     assert "4 sample(s) rejected as contaminated" in text
+    levels = [r for r in table_rows(text, "pass-rates") if r and r[0][:1].isdigit()]
+    for level, problems, samples, kept in sql(wh, "select d.level, count(distinct t.problem_id), count(*), "
+                                                  "count(*) filter (where t.kept) from traces t join difficulty d "
+                                                  "using (run_id, problem_id) where run_id = ? and kind = 'sample' "
+                                                  "group by 1", run_id):
+        assert [str(level), f"{problems:,}", f"{samples:,}", f"{kept:,}"] in [[r[0][0], *r[1:3], r[5]] for r in levels]
 
 
 def test_the_page_is_self_contained(page_a):

@@ -2,8 +2,9 @@
 
 The output is the Hub's plain layout, `data/<split>-00000-of-00001.parquet` plus `README.md`, in
 the `{"messages": [...]}` shape TRL's SFTTrainer reads with no adapter. The same warehouse and the
-same arguments give byte-identical files: rows are ordered by trace_id, splits are decided by a
-hash of the problem id (so a problem never sits in two splits), and the card has no clock in it.
+same arguments give byte-identical files: rows are ordered by trace_id (or, for a curriculum, by their
+problem's difficulty, then trace_id), splits are decided by a hash of the problem id (so a problem never
+sits in two splits), and the card has no clock in it. Several sources in one dataset: warehouse/mix.py.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distill.warehouse import mix as mixes
 from distill.warehouse.journey import template_journeys
 from distill.warehouse.schema import MESSAGE
 from distill.warehouse.store import Warehouse, check_read_only
@@ -51,11 +53,15 @@ VARIANT_TEXT = {
 
 
 
+ORDERS = ("trace_id", "difficulty")  # difficulty: a curriculum, easy problems first
+
+
 @dataclass
 class ExportResult:
     out: Path
     splits: dict[str, int] = field(default_factory=dict)
     card: str = ""
+    warnings: list[str] = field(default_factory=list)  # e.g. a mix source with fewer rows than asked for
 
 
 def assistant_text(reasoning: str, answer: str) -> str:
@@ -138,13 +144,47 @@ def is_export(folder: str | Path) -> bool:
     return readme.exists() and MARKER in readme.read_text(errors="replace")
 
 
+def difficulties(wh: Warehouse) -> dict[tuple[str, str], float]:
+    """{(run_id, problem_id): difficulty} from the difficulty view (0 easy … 1 hard: 1 - the problem's pass
+    rate in that run). A journey row is as hard as its problem."""
+    _, rows = wh.query("SELECT run_id, problem_id, difficulty FROM difficulty WHERE basis = 'pass_rate'")
+    return {(r, p): d for r, p, d in rows}
+
+
+def export_rows(wh: Warehouse, runs: list[str] | None, where: str | None, variant: str,
+                max_wrong: int) -> tuple[list[dict], list[dict]]:
+    """The samples selected from these runs, and the dataset rows made of them for the variant."""
+    selected = _select(wh, runs, where, kept_only=variant == "shortcut")
+    rows = [] if variant == "journey" else shortcut_rows([t for t in selected if t["kept"]])
+    if variant != "shortcut":
+        rows = sorted(rows + journey_rows(wh, selected, runs, where, max_wrong), key=lambda r: r["trace_id"])
+    return selected, rows
+
+
 def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, where: str | None = None,
            variant: str = "shortcut", test_size: float = 0.0, seed: int = 0, max_wrong: int = 1,
+           difficulty_min: float | None = None, difficulty_max: float | None = None, order: str = "trace_id",
+           mix: list[str] | None = None, total: int | None = None, chat_think: str = "empty",
            command: str | None = None, overwrite: bool = False) -> ExportResult:
+    """Write the dataset. `difficulty_min/max` keep warehouse rows whose problem's difficulty in its run is in
+    range (0 easy … 1 hard); `order` is trace_id or difficulty (easy → hard, ties by trace_id); `mix` is
+    `SOURCE=SPEC` items or one mix.yaml (warehouse/mix.py), with `total` for weights and `chat_think` for
+    chat files' rows."""
     if variant not in VARIANTS:
         raise DistillError(f"--variant must be shortcut, journey or mixed, got {variant!r}")
     if not 0 <= test_size < 1:
         raise DistillError(f"--test-size must be in [0, 1), got {test_size}")
+    if order not in ORDERS:
+        raise DistillError(f"--order must be trace_id or difficulty, got {order!r}")
+    if chat_think not in mixes.CHAT_THINK:
+        raise DistillError(f"--chat-think must be empty or none, got {chat_think!r}")
+    for name, v in (("--difficulty-min", difficulty_min), ("--difficulty-max", difficulty_max)):
+        if v is not None and not 0 <= v <= 1:
+            raise DistillError(f"{name} must be in [0, 1] (0 easy … 1 hard), got {v}")
+    if mix and runs:
+        raise DistillError("--mix names its runs itself: give them as --mix RUN=SPEC instead of --runs")
+    if total is not None and not mix:
+        raise DistillError("--total goes with --mix SOURCE=WEIGHT")
     wh = Warehouse(root)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -157,40 +197,84 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
             check_read_only(con, f"SELECT * FROM traces WHERE {where}")
         finally:
             con.close()
-    selected = _select(wh, runs, where, kept_only=variant == "shortcut")
-    rows = [] if variant == "journey" else shortcut_rows([t for t in selected if t["kept"]])
-    if variant != "shortcut":
-        rows = sorted(rows + journey_rows(wh, selected, runs, where, max_wrong), key=lambda r: r["trace_id"])
+    filtered = difficulty_min is not None or difficulty_max is not None
+    hardness = difficulties(wh) if filtered or order == "difficulty" else {}
+    lo = difficulty_min if difficulty_min is not None else 0.0
+    hi = difficulty_max if difficulty_max is not None else 1.0
+    out_of_range = 0
+
+    def in_range(rows: list[dict]) -> list[dict]:
+        """Warehouse rows whose problem is as hard as asked; chat rows have no difficulty and all stay."""
+        nonlocal out_of_range
+        if not filtered:
+            return rows
+        keep = [r for r in rows if r["run_id"] is None
+                or lo <= hardness.get((r["run_id"], r["problem_id"]), -1.0) <= hi]
+        out_of_range += len(rows) - len(keep)
+        return keep
+
+    sources, warnings = None, []
+    if mix:
+        known = {r for (r,) in wh.query("SELECT DISTINCT run_id FROM traces")[1]}
+        sources, total = mixes.parse_mix(mix, known, total)
+        candidates = [in_range(export_rows(wh, [s.name], where, variant, max_wrong)[1]) if s.kind == "run"
+                      else mixes.chat_rows(s.path, chat_think) for s in sources]
+        rows, warnings = mixes.take(sources, candidates, seed)
+        used_runs = sorted(s.name for s in sources if s.kind == "run" and s.taken)
+    else:
+        selected, rows = export_rows(wh, runs, where, variant, max_wrong)
+        rows = in_range(rows)
+        used_runs = sorted({r["run_id"] for r in selected})
     if not rows:
         hint = "" if variant == "shortcut" else " (journey rows need problems with both a wrong and a kept sample)"
-        raise DistillError(f"no rows match: runs={runs or 'all'}, where={where!r}, variant={variant}{hint}")
+        limits = f", difficulty in [{lo}, {hi}]" if filtered else ""
+        what = runs or ("the --mix sources" if mix else "all")
+        raise DistillError(f"no rows match: runs={what}, where={where!r}, variant={variant}{limits}{hint}")
+    if order == "difficulty":  # rows with no difficulty (chat rows) last
+        rows.sort(key=lambda r: (hardness.get((r["run_id"], r["problem_id"]), 2.0), r["trace_id"]))
+    else:
+        rows.sort(key=lambda r: r["trace_id"])
 
     splits: dict[str, list[dict]] = {}
     for r in rows:
         splits.setdefault(split_of(r["problem_id"], test_size, seed), []).append(r)
 
     # Write next to the target and swap it in: an export that fails halfway leaves the old one.
-    used_runs = sorted({r["run_id"] for r in selected})
     card = dataset_card(wh, used_runs, {k: len(v) for k, v in splits.items()}, variant=variant, where=where,
-                        test_size=test_size, seed=seed, max_wrong=max_wrong, command=command)
+                        test_size=test_size, seed=seed, max_wrong=max_wrong, command=command,
+                        shaping=shaping_lines(filtered, lo, hi, out_of_range, order),
+                        mix=mixes.card_lines(sources, total, seed, chat_think) if sources else [],
+                        chat_sources=[(s.path.name, s.problems) for s in sources or [] if s.kind == "chat" and s.taken])
     with replacing(out) as tmp:
         (tmp / "data").mkdir(parents=True)
         for name, part in sorted(splits.items()):
             pq.write_table(pa.Table.from_pylist(part, schema=ROW_SCHEMA),
                            tmp / "data" / f"{name}-00000-of-00001.parquet", compression="zstd")
         (tmp / "README.md").write_text(card)
-    return ExportResult(out, {k: len(v) for k, v in sorted(splits.items())}, card)
+    return ExportResult(out, {k: len(v) for k, v in sorted(splits.items())}, card, warnings)
+
+
+def shaping_lines(filtered: bool, lo: float, hi: float, dropped: int, order: str) -> list[str]:
+    """What the card says about the difficulty filter and the order of the rows."""
+    lines = []
+    if filtered:
+        lines.append(f"Difficulty: only problems with difficulty in [{lo}, {hi}] (0 easy … 1 hard: 1 - the problem's "
+                     f"pass rate in its run, the `difficulty` view); {dropped} rows outside it left out.")
+    lines.append("Order: " + ("a curriculum, easy → hard (the problem's difficulty in its run, then trace_id; rows "
+                              "with no difficulty last)." if order == "difficulty" else "by trace_id."))
+    return lines + [""]
 
 
 def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *, variant: str, where: str | None,
-                 test_size: float, seed: int, max_wrong: int, command: str | None) -> str:
+                 test_size: float, seed: int, max_wrong: int, command: str | None, shaping: list[str] = (),
+                 mix: list[str] = (), chat_sources: list[tuple[str, int]] = ()) -> str:
     from importlib import metadata
 
     try:
         version = metadata.version("distill")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    params = ", ".join("?" for _ in runs)
+    params = ", ".join("?" for _ in runs) or "NULL"  # a mix of chat files only uses no run
     _, funnel = wh.query(f"SELECT run_id, problems, samples, truncated, correct, unverifiable, kept, "
                          f"completion_tokens FROM funnel WHERE run_id IN ({params}) ORDER BY run_id", runs)
     _, reasons = wh.query(f"SELECT run_id, rejected_by, count(*) FROM traces WHERE run_id IN ({params}) "
@@ -217,7 +301,8 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
         "",
         "# Distilled reasoning traces",
         "",
-        f"Made with distill {version} from the warehouse runs {', '.join(f'`{r}`' for r in runs)}.",
+        f"Made with distill {version} from the warehouse runs {', '.join(f'`{r}`' for r in runs) or '(none)'}"
+        + (" and chat files (see Mix)." if mix else "."),
         f"Variant: **{variant}** — " + VARIANT_TEXT[variant],
         "Rows are chat `messages` (user question, assistant `<think>…</think>` then the answer), the shape TRL's "
         "SFTTrainer reads directly.",
@@ -237,6 +322,8 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
         + ("kept journeys (`kind = 'journey' AND kept`, or template journeys built from the samples when the run "
            "stored none)" if variant != "shortcut" else "") + (f", where `{where}`" if where else "") + ".",
         "",
+        *shaping,
+        *mix,
     ]
     for run_id in runs:
         rec = run_records[run_id]
@@ -251,7 +338,10 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
                                                       if "/" in str(recipe.get("dataset", "")) else ""),
             f"- verifier: `{recipe.get('verifier')}`; filters in order: `{json.dumps(recipe.get('filters'))}`",
             f"- selection: keep_per_problem `{recipe.get('keep_per_problem')}`, prefer `{recipe.get('prefer')}`, "
-            f"pass rate in [{recipe.get('pass_rate_min')}, {recipe.get('pass_rate_max')}]",
+            f"pass rate in [{recipe.get('pass_rate_min')}, {recipe.get('pass_rate_max')}]"
+            + (f" in run `{recipe['pass_rate_from']}`, applied before generation (problems outside it never sent to "
+               f"the teacher: {json.dumps(rec.get('problems_skipped'), sort_keys=True)})"
+               if recipe.get("pass_rate_from") else ""),
             f"- versions: `{json.dumps(rec.get('versions', {}), sort_keys=True)}`; git `{rec.get('git_sha')}`",
             f"- command: `{rec.get('command')}`",
         ]
@@ -265,6 +355,7 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
     lines += [f"| {r} | {why} | {n} |" for r, why, n in reasons]
     lines += ["", "## Sources", "", "| source | problems | license |", "|---|---:|---|"]
     lines += [f"| {s} | {n} | {_license(s)} |" for s, n in sources]
+    lines += [f"| {name} (chat file) | {n} | see the source dataset |" for name, n in chat_sources]
     lines += ["", "## Reproduce", "", "```", command or "distill export …", "```", ""]
     return "\n".join(lines)
 

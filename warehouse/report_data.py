@@ -13,7 +13,9 @@ from datetime import datetime
 from distill.errors import DistillError
 from distill.warehouse.store import Warehouse
 
-DIFFICULTY_COLUMNS = ("difficulty", "level")  # used when a warehouse's traces carry one
+# The difficulty view's levels, as the page names them (level = how hard the problem was for the run's teacher)
+LEVELS = {1: "1 · easy (pass rate ≥ 0.8)", 2: "2 (pass rate 0.6–0.8)", 3: "3 (pass rate 0.4–0.6)",
+          4: "4 (pass rate 0.2–0.4)", 5: "5 · hard (pass rate < 0.2)"}
 
 
 @dataclass
@@ -25,8 +27,7 @@ class RunData:
     steps: list[tuple]  # (stage, in, dropped, kept, {reason: count})
     lengths: dict  # {"kept": [chars], "rejected": [chars]}
     by_source: list[tuple]  # (source, problems, samples, correct, pass_rate, kept)
-    difficulty_column: str | None
-    by_difficulty: list[tuple]
+    by_difficulty: list[tuple]  # (level, problems, samples, correct, pass_rate, kept), from the difficulty view
     problem_pass_rates: list[float]
     language: dict
     dedup: dict
@@ -93,11 +94,12 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
     breakdown = """count(DISTINCT problem_id), count(*), count(*) FILTER (WHERE correct),
                    count(*) FILTER (WHERE correct) / count(*), count(*) FILTER (WHERE kept)"""
     by_source = q(f"SELECT source, {breakdown} {s} GROUP BY 1 ORDER BY 1")
-    columns = {c for (c, *_) in con.execute("DESCRIBE traces").fetchall()}
-    difficulty = next((c for c in DIFFICULTY_COLUMNS if c in columns), None)
-    by_difficulty = []
-    if difficulty:
-        by_difficulty = q(f"SELECT {difficulty}, {breakdown} {s} GROUP BY 1 ORDER BY 1")
+    by_difficulty = [(LEVELS.get(level, str(level)), *rest) for level, *rest in q(
+        """SELECT d.level, count(DISTINCT t.problem_id), count(*), count(*) FILTER (WHERE t.correct),
+                  count(*) FILTER (WHERE t.correct) / count(*), count(*) FILTER (WHERE t.kept)
+           FROM traces t JOIN difficulty d
+                ON d.run_id = t.run_id AND d.problem_id = t.problem_id AND d.basis = 'pass_rate'
+           WHERE t.run_id = ? AND t.kind = 'sample' GROUP BY 1 ORDER BY 1""")]
     pass_rates = [r for (r,) in q("SELECT pass_rate FROM pass_rates WHERE run_id = ? ORDER BY problem_id")]
 
     specs = filter_specs(record)
@@ -154,7 +156,7 @@ def _load(wh: Warehouse, con, run_id: str) -> RunData:
             WHERE rn = 1 ORDER BY kept DESC, rejected_by""", [run_id])
     cols = [c[0] for c in cur.description]
     examples = [dict(zip(cols, r)) for r in cur.fetchall()]
-    return RunData(run_id, record, summary, steps, lengths, by_source, difficulty, by_difficulty, pass_rates,
+    return RunData(run_id, record, summary, steps, lengths, by_source, by_difficulty, pass_rates,
                    language, dedup, decontam, tokens, throughput, origin_label, examples, journey_rows)
 
 

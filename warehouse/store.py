@@ -85,6 +85,15 @@ VIEWS = {
                count(*) FILTER (WHERE correct) / count(*) AS pass_rate,
                count(*) FILTER (WHERE kept) AS kept
         FROM traces WHERE kind = 'sample' GROUP BY run_id, problem_id""",
+    # How hard a problem was for a run's teacher: 0 easy … 1 hard, and in five levels (1: pass rate >= 0.8,
+    # 2: >= 0.6, … 5: < 0.2). `basis` says what it was measured from, so other measures (a judge's rating)
+    # can join as rows of their own without changing these.
+    "difficulty": """
+        SELECT run_id, problem_id, source, samples, correct, pass_rate,
+               1 - pass_rate AS difficulty,
+               (5 - least(4, floor(pass_rate * 5)))::INTEGER AS level,
+               'pass_rate' AS basis
+        FROM pass_rates""",
     "problems": """
         SELECT problem_id, any_value(source) AS source, any_value(domain) AS domain,
                any_value(prompt[len(prompt)].content) AS question, any_value(reference) AS reference,
@@ -437,7 +446,8 @@ class Warehouse:
         records and the eval results (None: none stored yet)."""
         con.execute(f"CREATE OR REPLACE VIEW raw_traces AS SELECT * FROM {parts}")
         con.execute(f"CREATE OR REPLACE VIEW decisions AS SELECT * FROM {decisions}")
-        for name in ("traces", "accepted", "funnel", "journeys", "pass_rates", "problems", "filter_funnel"):
+        for name in ("traces", "accepted", "funnel", "journeys", "pass_rates", "difficulty", "problems",
+                     "filter_funnel"):
             con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
         if evals:
             # every stored field but the per-problem detail (texts included), old files' missing ones NULL
