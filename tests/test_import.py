@@ -108,6 +108,23 @@ def test_a_missing_field_is_one_line_naming_it():
         samples(DATA / "messages.jsonl", fields={"prompt": "x"})
 
 
+def test_a_folder_is_read_as_its_files_in_order_or_as_a_saved_dataset(tmp_path):
+    import datasets
+
+    want = [t.trace_id for t in samples(DATA / "messages.jsonl")]
+    lines = (DATA / "messages.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "files" / "data").mkdir(parents=True)
+    (tmp_path / "files" / "data" / "train-00001.jsonl").write_text("".join(lines[3:]))
+    (tmp_path / "files" / "data" / "train-00000.jsonl").write_text("".join(lines[:3]))
+    ds = datasets.Dataset.from_list([json.loads(x) for x in lines])
+    ds.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved-dict"))
+    for folder in ("files", "saved", "saved-dict"):
+        assert [t.trace_id for t in samples(tmp_path / folder)] == want, folder
+    with pytest.raises(DistillError, match="no split 'test'"):
+        samples(tmp_path / "saved-dict", split="test")
+
+
 def test_a_line_that_is_not_json_names_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}, "{not json"])
     with pytest.raises(DistillError, match=rf"^{path}:2: not valid JSON"):
