@@ -165,10 +165,12 @@ def prepare_import(source: Optional[str], recipe: Optional[Path], set_: list[str
         overrides.setdefault("name", "import-" + "".join(c if c.isalnum() or c in "-_." else "-"
                                                          for c in source_name(source)))
         rcp = Recipe.build(overrides)
+    changes = {}
     if fields:  # the recipe's mapping, then the flags'
-        rcp = rcp.replace(import_fields={**(rcp.problems.import_fields or {}), **fields})
+        changes["import_fields"] = {**(rcp.problems.import_fields or {}), **fields}
     if "model" not in rcp.teacher.model_fields_set:  # no teacher named: the rows' own, else the source's name
-        rcp = rcp.replace(model=f"import:{source_name(rcp.problems.dataset)}")
+        changes["model"] = f"import:{source_name(rcp.problems.dataset)}"
+    rcp = rcp.replace(**changes) if changes else rcp
     from distill.flows.dedup import check_global
     from distill.flows.generate import build_filters, task_runner_for
     from distill.flows.importer import importer_for

@@ -160,6 +160,35 @@ def test_rows_are_streamed_not_loaded_whole(tmp_path, suffix):
     assert path.stat().st_size > 10_000_000 and peak < 4_000_000, (path.stat().st_size, peak)
 
 
+def test_an_ambiguous_file_is_one_line_and_exit_2_before_anything_starts(tmp_path, monkeypatch, capsys):
+    from distill.flows import cli
+
+    path = write_jsonl(tmp_path / "both.jsonl", [{"messages": [], "conversations": [], "answer": "1"}])
+    monkeypatch.setattr("sys.argv", ["distill", "import", str(path), "--warehouse", str(tmp_path / "wh")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"{path}:1: the columns (messages, conversations, answer) fit shapes messages and sharegpt" in err
+    assert not (tmp_path / "wh").exists()
+
+
+def test_a_recipe_brings_its_keys_and_the_flags_go_over_them(tmp_path):
+    from distill.flows.cli import prepare_import
+
+    recipe = tmp_path / "r1.yaml"
+    recipe.write_text("import_fields: {question: q}\nkeep_per_problem: 1\nshard_size: 2\n")
+    rcp, src, base = prepare_import(str(DATA / "prompt_completion.jsonl"), recipe, ["prefer=shortest"], None,
+                                    ["question=prompt", "completion=completion"], None, None, None, None, None)
+    assert rcp.name == "r1" and base == tmp_path and src.shape == "prompt_completion"
+    assert rcp.problems.import_fields == {"question": "prompt", "completion": "completion"}
+    assert (rcp.selection.keep_per_problem, rcp.selection.prefer, rcp.execution.shard_size) == (1, "shortest", 2)
+    assert rcp.teacher.model == "import:prompt_completion"  # no teacher named: the source's name
+    again, _, _ = prepare_import(str(DATA / "prompt_completion.jsonl"), None, [], None, [], "deepseek-reasoner",
+                                 None, None, None, None)
+    assert again.name == "import-prompt_completion" and again.teacher.model == "deepseek-reasoner"
+
+
 # -- the flow, in-process ------------------------------------------------------------------------------------
 def import_run(source, tmp_path, *flags: str, warehouse: Path | None = None):
     """What `distill import SOURCE FLAGS` does, in this process: (run record, run id, warehouse)."""
