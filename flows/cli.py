@@ -182,7 +182,10 @@ def prepare_import(source: Optional[str], recipe: Optional[Path], set_: list[str
     check_global(rcp, base_dir)
     task_runner_for(rcp)
     src = importer_for(rcp, base_dir)
-    if next(src.rows(), None) is None:
+    rows = src.rows()  # the first row fixes the shape and shows a missing field now
+    first = next(rows, None)
+    rows.close()
+    if first is None:
         raise DistillError(f"import source {rcp.problems.dataset!r} has no rows")
     return rcp, src, base_dir
 
