@@ -137,6 +137,107 @@ def run(
                               "Run the same command again to generate only the missing ones.")
 
 
+def prepare_import(source: Optional[str], recipe: Optional[Path], set_: list[str], shape: Optional[str],
+                   field: list[str], teacher: Optional[str], verifier: Optional[str], name: Optional[str],
+                   limit: Optional[int], warehouse: Optional[str]):
+    """The import's recipe (a recipe file or the defaults, then the flags), checked, and its source's first
+    row read: a bad flag, an unknown shape or a missing field is one line before anything starts."""
+    from distill.config import parse_set
+    from distill.flows.recipe import Recipe, load_recipe
+    from distill.generators.imported import source_name
+
+    overrides = parse_set(set_)
+    fields = {}
+    for pair in field:
+        role, sep, column = pair.partition("=")
+        if not sep or not role.strip() or not column.strip():
+            raise ConfigError(f"--field expects ROLE=COLUMN, e.g. --field question=problem, got {pair!r}")
+        fields[role.strip()] = column.strip()
+    for k, v in (("dataset", source), ("import_shape", shape), ("model", teacher), ("verifier", verifier),
+                 ("name", name), ("limit", limit), ("warehouse", warehouse)):
+        if v is not None:
+            overrides[k] = v
+    if recipe is not None:
+        rcp = load_recipe(recipe, overrides)
+    elif source is None:
+        raise ConfigError("distill import needs a SOURCE (a file, a folder or a Hub id) or a --recipe naming one")
+    else:
+        overrides.setdefault("name", "import-" + "".join(c if c.isalnum() or c in "-_." else "-"
+                                                         for c in source_name(source)))
+        rcp = Recipe.build(overrides)
+    changes = {}
+    if fields:  # the recipe's mapping, then the flags'
+        changes["import_fields"] = {**(rcp.problems.import_fields or {}), **fields}
+    if "model" not in rcp.teacher.model_fields_set:  # no teacher named: the rows' own, else the source's name
+        changes["model"] = f"import:{source_name(rcp.problems.dataset)}"
+    rcp = rcp.replace(**changes) if changes else rcp
+    from distill.flows.dedup import check_global
+    from distill.flows.generate import build_filters, task_runner_for
+    from distill.flows.importer import importer_for
+    from distill.verifiers import get_verifier
+
+    base_dir = recipe.parent.absolute() if recipe is not None else None
+    get_verifier(rcp.selection.verifier)
+    build_filters(rcp, base_dir)
+    check_global(rcp, base_dir)
+    task_runner_for(rcp)
+    src = importer_for(rcp, base_dir)
+    rows = src.rows()  # the first row fixes the shape and shows a missing field now
+    first = next(rows, None)
+    rows.close()
+    if first is None:
+        raise DistillError(f"import source {rcp.problems.dataset!r} has no rows")
+    return rcp, src, base_dir
+
+
+@app.command("import")
+def import_(
+    source: Optional[str] = typer.Argument(None, help="Traces to import: a .jsonl or .parquet file, a folder (of "
+                                           "such files, or from datasets' save_to_disk) or a Hub dataset id "
+                                           "(default: the recipe's dataset)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the keys (filters, selection, verifier, "
+                                          "shard_size, import_shape, import_fields, …) from this recipe."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set keep_per_problem=1 (repeatable)."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="messages | sharegpt | openr1 | prompt_completion "
+                                        "(default: told from the columns)."),
+    field: list[str] = typer.Option([], "--field", help="ROLE=COLUMN: where a role is in the rows, e.g. --field "
+                                    "question=problem (roles: question, answer, completion, reasoning, teacher, "
+                                    "generations, messages) (repeatable)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher of rows with no model/teacher/generator "
+                                          "column (default: import:SOURCE_NAME)."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", help="Verifier of the answers (default: math)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name; the run id adds the recipe's fingerprint "
+                                       "(default: the recipe's name, else import-SOURCE_NAME)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Import only the first N problems."),
+    warehouse: Optional[str] = typer.Option(None, "--warehouse", help=WAREHOUSE_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show Prefect's logs here; without it they go only "
+                                 "to <warehouse>/logs/RUN_ID.log."),
+):
+    """Import traces you already have (chat messages, ShareGPT, OpenR1 generations, prompt/completion), then
+    verify, filter, select and store them as a run, and print the funnel.
+
+    The source is streamed, never loaded whole; a rerun of the same command resumes: shards already stored are
+    skipped. The sample ids do not depend on the run, so importing the same file again names the same samples.
+    """
+    rcp, src, base_dir = prepare_import(source, recipe, set_, shape, field, teacher, verifier, name, limit, warehouse)
+    from distill.flows.generate import run_id_for
+    from distill.flows.importer import run_import
+
+    run_id = run_id_for(rcp)
+    header = (f"import {run_id}: {src.source} ({src.shape}), teacher {rcp.teacher.model} unless the rows name one, "
+              f"warehouse {rcp.execution.warehouse}")
+    command = shlex.join(["distill", *sys.argv[1:]])
+    if verbose:
+        err.print(header, highlight=False)
+    else:
+        from distill.flows.logs import to_log_file
+
+        to_log_file(log_path(rcp.execution.warehouse, run_id), {"stdout": out, "stderr": err}, command)
+        print(header, file=sys.stderr, flush=True)
+    result = run_import(rcp, run_id, base_dir, command)
+    print_funnel(rcp.execution.warehouse, run_id, result)
+
+
 @app.command()
 def serve(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
@@ -207,10 +308,11 @@ def print_funnel(root: str, run_id: str, run: dict) -> None:
     runs = call.get("reused_from") or []
     origin = f" from {', '.join(runs[:2])}{', …' if len(runs) > 2 else ''}" if runs else ""
     recovered = f", {call['recovered']} from checkpoints" if call.get("recovered") else ""
+    this = (f"  ·  this call: {call.get('rows_read', 0)} rows read" if run.get("backend") == "import" else
+            f"  ·  this call: {call.get('generated', 0)} samples from the teacher, {call.get('reused', 0)} reused")
     out.print(f"tokens generated: {tokens:,}  ·  {rate}  ·  wall {timings.get('wall', 0):.1f} s"
               + (f"  ·  {run['shards_resumed']} of {run['shards']} shards already done" if run.get("shards_resumed") else "")
-              + f"  ·  this call: {call.get('generated', 0)} samples from the teacher, {call.get('reused', 0)} reused"
-              + origin + recovered, highlight=False)
+              + this + origin + recovered, highlight=False)
     if run.get("pass_rate_from"):  # problems never sent to the teacher: outside the range in the other run
         skipped = run.get("problems_skipped") or {}
         out.print(f"problems skipped by run {run['pass_rate_from']}'s pass rates: {skipped.get('pass_rate', 0)} out of "

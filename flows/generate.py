@@ -269,8 +269,27 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
                 if (j, pos) not in done:
                     on_sample(j, pos, s)
         ckpt.flush()
-    t1 = time.perf_counter()
     new = copied + generated
+    rows, reports = finish_shard(recipe, run_id, shard, problems, existing, new, base_dir,
+                                 len(problems) * recipe.sampling.n, shard_key(problems, recipe.sampling.n), timings)
+    timings.update(generate=gen_s)
+    return {"shard": shard, "samples": len(new), "generated": len(generated),
+            "reused": sum(1 for t in copied if t.reused_from), "recovered": sum(1 for t in copied if not t.reused_from),
+            "reused_from": sorted({t.reused_from for t in copied if t.reused_from}), "teacher_calls": calls,
+            "kept": sum(1 for t in rows if t.kept), "failures": failures,
+            "completion_tokens": sum(t.completion_tokens or 0 for t in generated), "timings": timings,
+            "filter_reports": reports}
+
+
+def finish_shard(recipe: Recipe, run_id: str, shard: int, problems: list[Problem], existing: list[Trace],
+                 new: list[Trace], base_dir: Path | None, expected: int, key: str,
+                 timings: dict[str, float]) -> tuple[list[Trace], dict]:
+    """The tail of a shard, generated or imported: verify what is new to it, filter and select over the whole
+    shard (per-problem steps need all of its samples), write its part, drop its checkpoints. `expected`: the
+    samples its current problems should have; rows of problems deleted from the dataset stay, rejected as
+    REMOVED. Returns the part's rows and the shard's filter reports."""
+    by_id = {p.problem_id: p for p in problems}
+    t1 = time.perf_counter()
     verdicts = verify_batch(recipe.selection.verifier, [(t.completion, t.reference) for t in new], workers=recipe.execution.verify_workers)
     for t, v in zip(new, verdicts):
         t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.selection.verifier, v.reason, v.extracted
@@ -285,18 +304,13 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
     for t in removed:  # never deleted: a paid-for sample, and the problem may come back
         t.kept, t.rejected_by, t.rejected_stage = False, REMOVED, "dataset"
     t3 = time.perf_counter()
+    wh = Warehouse(recipe.execution.warehouse)
     if rows:
-        wh.write_part(run_id, shard, rows, expected=len(problems) * recipe.sampling.n + len(removed),
-                      key=shard_key(problems, recipe.sampling.n))
+        wh.write_part(run_id, shard, rows, expected=expected + len(removed), key=key)
     wh.drop_checkpoints(run_id, shard)  # the part, renamed into place, holds every checkpointed sample
     t4 = time.perf_counter()
-    timings.update(generate=gen_s, verify=t2 - t1, filter=t3 - t2, write=t4 - t3)
-    return {"shard": shard, "samples": len(new), "generated": len(generated),
-            "reused": sum(1 for t in copied if t.reused_from), "recovered": sum(1 for t in copied if not t.reused_from),
-            "reused_from": sorted({t.reused_from for t in copied if t.reused_from}), "teacher_calls": calls,
-            "kept": sum(1 for t in rows if t.kept), "failures": failures,
-            "completion_tokens": sum(t.completion_tokens or 0 for t in generated), "timings": timings,
-            "filter_reports": reports}
+    timings.update(verify=t2 - t1, filter=t3 - t2, write=t4 - t3)
+    return rows, reports
 
 
 def task_runner_for(recipe: Recipe):
@@ -358,6 +372,48 @@ def _total_timings(calls: list[dict]) -> dict[str, float]:
     return total
 
 
+def start_record(wh: Warehouse, recipe: Recipe, run_id: str, command: str | None, backend: str, teacher: str,
+                 problems: int, shards: int, resumed: int, timings: dict[str, float]):
+    """A call's run record, its entry in `calls`, the shards' filter reports so far (by shard) and the record
+    as the last call left it; the record describes every call of the run, not only this one."""
+    previous = wh.read_run(run_id) or {}
+    call = {"call_id": uuid.uuid4().hex[:16], "started_at": datetime.now(timezone.utc).isoformat(),
+            "finished_at": None, "status": "running",
+            "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
+            "completion_tokens": 0, "reused_from": []}
+    calls = [*(previous.get("calls") or []), call]  # read_run gives an older record the current shape
+    # each shard's filter report, and when it was made (several workers' reports are merged by it)
+    by_shard = {e["shard"]: e for e in previous.get("filters_by_shard") or []}
+    run = {
+        "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
+        "status": "running", "started_at": call["started_at"], "finished_at": None,
+        "backend": backend, "teacher": teacher, "versions": versions(), "git_sha": git_sha(),
+        "problems": problems, "shards": shards, "shards_resumed": resumed,
+        "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
+        "error": None, "failed_samples": 0, "failures": [],
+    }
+    if previous.get("journeys"):  # built by earlier calls or `distill journeys`
+        run["journeys"] = previous["journeys"]
+    return run, call, calls, by_shard, previous
+
+
+def write_record(wh: Warehouse, run: dict, calls: list[dict], by_shard: dict, timings: dict[str, float],
+                 started: float, worker: int = 0, workers: int = 1) -> None:
+    """Write the record as it stands: after each shard too, so a killed call loses no finished shard's report."""
+    timings["wall"] = time.time() - started
+    run["timings"] = _total_timings(calls)
+    # over every call of the run: samples paid for, samples copied from other runs, teacher calls made
+    run["samples_generated"] = sum(c.get("generated") or 0 for c in calls)
+    run["samples_reused"] = sum(c.get("reused") or 0 for c in calls)
+    run["teacher_calls"] = sum(c.get("teacher_calls") or 0 for c in calls)
+    run["filters_by_shard"] = [by_shard[i] for i in sorted(by_shard)]
+    run["filters"] = filters_mod.merge_filter_reports([by_shard[i]["filters"] for i in sorted(by_shard)])
+    if workers > 1:  # a file of this worker's own; the run's record is merged from all of them
+        wh.write_worker_run(run, worker, workers)
+    else:
+        wh.write_run(run)
+
+
 @flow(name="generate")
 def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command: str | None = None) -> dict:
     """Run (or resume) the recipe; the run record describes every call of the run, not only this one.
@@ -389,41 +445,14 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
     wanted = {i: [tid for p in shards[i] for tid in sample_ids(recipe, p)] for i in todo}
     stored = wh.find_samples(tid for ids in wanted.values() for tid in ids)
     backend = recipe.backend_name()
-    previous = wh.read_run(run_id) or {}
-    call = {"call_id": uuid.uuid4().hex[:16], "started_at": datetime.now(timezone.utc).isoformat(),
-            "finished_at": None, "status": "running",
-            "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
-            "completion_tokens": 0, "reused_from": []}
-    calls = [*(previous.get("calls") or []), call]  # read_run gives an older record the current shape
-    # each shard's filter report, and when it was made (several workers' reports are merged by it)
-    by_shard = {e["shard"]: e for e in previous.get("filters_by_shard") or []}
-    run = {
-        "run_id": run_id, "recipe_name": recipe.name, "recipe": recipe.to_dict(), "command": command,
-        "status": "running", "started_at": call["started_at"], "finished_at": None,
-        "backend": backend, "teacher": recipe.teacher.model, "versions": versions(), "git_sha": git_sha(),
-        "problems": len(by_id), "shards": len(shards), "shards_resumed": len(mine) - len(todo),
-        "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
-        "error": None, "failed_samples": 0, "failures": [], **preselected,
-    }
-    if previous.get("journeys"):  # built by earlier calls or `distill journeys`
-        run["journeys"] = previous["journeys"]
+    run, call, calls, by_shard, previous = start_record(wh, recipe, run_id, command, backend, recipe.teacher.model,
+                                                        len(by_id), len(shards), len(mine) - len(todo), timings)
+    run.update(preselected)
     if workers > 1:
         run["worker"], run["workers"], call["worker"] = worker, workers, worker
 
     def record() -> None:
-        """Write the record as it stands: after each shard too, so a killed call loses no finished shard's report."""
-        timings["wall"] = time.time() - started
-        run["timings"] = _total_timings(calls)
-        # over every call of the run: samples paid for, samples copied from other runs, teacher calls made
-        run["samples_generated"] = sum(c.get("generated") or 0 for c in calls)
-        run["samples_reused"] = sum(c.get("reused") or 0 for c in calls)
-        run["teacher_calls"] = sum(c.get("teacher_calls") or 0 for c in calls)
-        run["filters_by_shard"] = [by_shard[i] for i in sorted(by_shard)]
-        run["filters"] = filters_mod.merge_filter_reports([by_shard[i]["filters"] for i in sorted(by_shard)])
-        if workers > 1:  # a file of this worker's own; the run's record is merged from all of them
-            wh.write_worker_run(run, worker, workers)
-        else:
-            wh.write_run(run)
+        write_record(wh, run, calls, by_shard, timings, started, worker, workers)
 
     record()
     try:

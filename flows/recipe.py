@@ -49,6 +49,32 @@ class Problems(Section):
                                      "is there.")
     domain: str = key("math", "Domain label stored on every trace.")
     limit: int | None = key(None, "Use only the first N problems.", expected="a whole number >= 1", ge=1)
+    import_shape: str | None = key(
+        None, "`distill import`: how the source's rows hold traces: messages | sharegpt | openr1 | "
+              "prompt_completion; null (or auto) = told from the columns.",
+        expected="null, auto, messages, sharegpt, openr1 or prompt_completion")
+    import_fields: dict | None = key(
+        None, "`distill import`: the source's columns by role, over the shape's defaults, e.g. {question: problem, "
+              "answer: solution, completion: response, reasoning: reasoning_content, teacher: model, generations: "
+              "outputs, messages: chat}.", expected="null or a mapping of role to column")
+
+    @field_validator("import_shape")
+    @classmethod
+    def _import_shape(cls, v):
+        from distill.generators.imported import SHAPES
+
+        if v is not None and v != "auto" and v not in SHAPES:
+            raise ValueError(f"null, auto or one of {', '.join(SHAPES)}")
+        return None if v == "auto" else v  # one way of saying "detect", so one run id
+
+    @field_validator("import_fields")
+    @classmethod
+    def _import_fields(cls, v):
+        from distill.generators.imported import ROLES
+
+        if v is not None and (any(k not in ROLES or not isinstance(c, str) or not c for k, c in v.items())):
+            raise ValueError(f"a mapping of role ({', '.join(ROLES)}) to a column name")
+        return v or None
 
 
 class Teacher(Section):
@@ -276,7 +302,7 @@ SECTION_OF = {k: s for s, cls in SECTIONS.items() for k in cls.model_fields}
 KEYS = ["name", *SECTION_OF]  # every flat key, in order
 EXECUTION_KEYS = frozenset(k for k, s in SECTION_OF.items() if s not in IDENTITY_SECTIONS)
 # Identity keys that enter the run id only when set (not null): added after run ids were first recorded.
-ONLY_WHEN_SET = frozenset({"global_dedup", "global_decontam", "pass_rate_from"})
+ONLY_WHEN_SET = frozenset({"global_dedup", "global_decontam", "pass_rate_from", "import_shape", "import_fields"})
 
 
 class Recipe(Config):

@@ -333,7 +333,8 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
             f"### Run `{run_id}`",
             "",
             f"- teacher: `{rec.get('teacher', recipe.get('model'))}` on `{rec.get('backend')}`",
-            f"- sampling: `{json.dumps(sampling, sort_keys=True)}`",
+            ("- sampling: not known (traces imported by `distill import`, as the source holds them)"
+             if rec.get("backend") == "import" else f"- sampling: `{json.dumps(sampling, sort_keys=True)}`"),
             f"- dataset: `{recipe.get('dataset')}`" + (f" (split `{recipe.get('dataset_split')}`)"
                                                       if "/" in str(recipe.get("dataset", "")) else ""),
             f"- verifier: `{recipe.get('verifier')}`; filters in order: `{json.dumps(recipe.get('filters'))}`",
