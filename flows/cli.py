@@ -87,6 +87,8 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
     from distill.verifiers import get_verifier
 
     get_verifier(rcp.selection.verifier)
+    if rcp.selection.judge_model:
+        rcp.judge_settings()  # a judge needs a server: judge_api_base, or the teacher's api_base
     from distill.flows.generate import build_filters, problems_for, task_runner_for
 
     build_filters(rcp, recipe.parent)
@@ -220,7 +222,8 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, filter_funnel, journeys, runs, evals."),
+    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, funnel, filter_funnel, journeys, "
+                               "verdict_disagreements, ratings, runs, evals."),
     warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
                                       "suffix, else table)."),
@@ -461,6 +464,31 @@ def decontam(
     wh = Warehouse(warehouse)
     for run_id in c["runs"]:
         print_funnel(warehouse, run_id, wh.read_run(run_id) or {})
+
+
+@app.command()
+def rate(
+    run_id: str = typer.Argument(..., help="Run whose problems to rate (see `distill runs`)."),
+    judge_model: str = typer.Option(..., "--judge-model", help="The rating model, as its server names it."),
+    api_base: str = typer.Option(..., "--api-base", help="Its OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the "
+                                    "server's API key (never logged or stored)."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=STORE_HELP),
+):
+    """Rate each problem of a run from 1 (trivial) to 10 (hardest) by a judge model that sees the question only.
+
+    The ratings are stored beside the parts (<warehouse>/ratings/, the `ratings` view) with the versioned
+    prompt; a problem already rated by the same model and prompt is not asked again.
+    """
+    from distill.flows.judge import rate_problems
+
+    if concurrency < 1:
+        fail("--concurrency must be >= 1")
+    c = rate_problems(warehouse, run_id, judge_model, api_base, api_key_env, concurrency)
+    out.print(f"ratings of {c['run_id']} by {c['rater']} ({c['prompt_version']}): {c['problems']} problems, "
+              f"{c['asked']} asked, {c['cached']} already rated, {c['unreadable']} replies without a rating "
+              "(null); see them: distill sql \"select * from ratings\"", highlight=False)
 
 
 @app.command()
