@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
 import pytest
 
 from distill.errors import BackendError, ConfigError
@@ -179,10 +178,12 @@ def _recipe(api_base: str, **kw) -> Recipe:
                          "max_retries": 0, **kw})
 
 
-def test_garbage_replies_are_a_null_verdict_with_a_reason_and_are_cached(tmp_path, make_trace):
+@pytest.mark.parametrize("root", ["local", "memory"])
+def test_garbage_replies_are_a_null_verdict_with_a_reason_and_are_cached(tmp_path, make_trace, root):
+    """The cache is the warehouse's: a local folder or object storage (here fsspec's in-memory store)."""
     server = FaultServer([("ok", ok_body("Perhaps, hard to say"))] + [("ok", ok_body("YES"))] * 5)
     try:
-        wh = Warehouse(tmp_path / "wh")
+        wh = Warehouse(tmp_path / "wh" if root == "local" else f"memory://judge-cache-{tmp_path.name}")
         rows = [make_trace(trace_id="a", completion="<think>x</think> \\boxed{5}", reference="5", correct=True),
                 make_trace(trace_id="b", completion="<think>never closed", reference="5", correct=False),
                 make_trace(trace_id="c", completion="<think>x</think> \\boxed{5}", reference=None)]
@@ -193,7 +194,8 @@ def test_garbage_replies_are_a_null_verdict_with_a_reason_and_are_cached(tmp_pat
         body = server.requests[0]["body"]
         assert body["temperature"] == 0.0 and body["max_tokens"] == 8 and body["model"] == "judge-m"
         assert "never closed" not in json.dumps(body) and "<think>" not in json.dumps(body)
-        (cached,) = [pq.read_table(p).to_pylist() for p in (tmp_path / "wh" / "judge_cache").glob("*.parquet")]
+        (rel,) = wh.storage.list("judge_cache")
+        cached = wh.storage.read_parquet(rel).to_pylist()
         assert cached[0]["prompt_version"] == JUDGE_PROMPT_VERSION and cached[0]["reply"] == "Perhaps, hard to say"
         again = [make_trace(trace_id="a2", completion="<think>y</think> \\boxed{5}", reference="5")]
         assert judge_traces(again, _recipe(server.url), wh) == {"judge_calls": 0, "judge_cached": 1}
@@ -258,8 +260,8 @@ def test_rate_stores_ratings_once(vllm_server, tmp_path, make_trace):
 
     wh_dir = tmp_path / "wh"
     wh = Warehouse(wh_dir)
-    wh.write_part("r", 0, [make_trace(trace_id="a", problem_id="p0", question="What is 2 + 2?"),
-                           make_trace(trace_id="b", problem_id="p1", question="What is 17 * 23?")])
+    wh.write_part("r", 0, [make_trace(trace_id="a", run_id="r", problem_id="p0", question="What is 2 + 2?"),
+                           make_trace(trace_id="b", run_id="r", problem_id="p1", question="What is 17 * 23?")])
     wh.refresh()
     before = server_metric(vllm_server, "vllm:request_success_total")
     first = run_cli("rate", "r", "--judge-model", "smollm2-135m", "--api-base", vllm_server.url,

@@ -9,21 +9,16 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from distill.generators import make_teacher
 from distill.generators.base import SamplingConfig, build_messages
 from distill.errors import BackendError
-from distill.generators.models import resolve_model
 from distill.generators.openai import OpenAIGenerator, sample_seed
 from tests.conftest import DISTILL, ROOT, run_cli, server_metric  # the vllm_server fixture is in conftest
 from tests.test_e2e import check_warehouse
