@@ -87,7 +87,7 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
     from distill.verifiers import get_verifier
 
     get_verifier(rcp.selection.verifier)
-    if rcp.selection.judge_model:
+    if rcp.selection.judge_model:  # set only with a verifier that names the judge
         rcp.judge_settings()  # a judge needs a server: judge_api_base, or the teacher's api_base
     from distill.flows.generate import build_filters, problems_for, task_runner_for
 

@@ -138,8 +138,13 @@ class Selection(Section):
     @field_validator("judge_model")
     @classmethod
     def _judge_model(cls, v, info: ValidationInfo):
-        if "verifier" in info.data and split_verifier(info.data["verifier"])[1] and not v:
+        if "verifier" not in info.data:
+            return v
+        judge = split_verifier(info.data["verifier"])[1]
+        if judge and not v:
             raise ValueError(f"the judge's model name when verifier is {info.data['verifier']!r}")
+        if v is not None and not judge:  # else it would name another run for nothing
+            raise ValueError(f"null with verifier {info.data['verifier']!r} (no judge: use NAME+judge)")
         return v
 
     @field_validator("judge_uses")

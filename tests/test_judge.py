@@ -120,6 +120,8 @@ def test_recipe_keys_and_their_errors():
         Recipe.build({"verifier": "math+judge"})
     with pytest.raises(ConfigError, match="recipe key 'judge_uses': expected null with verifier 'math'"):
         Recipe.build({"judge_uses": "judge"})
+    with pytest.raises(ConfigError, match="recipe key 'judge_model': expected null with verifier 'math'"):
+        Recipe.build({"judge_model": "m"})
     with pytest.raises(ConfigError, match="judge_api_base"):
         Recipe.build({"verifier": "judge", "judge_model": "m"}).judge_settings()
     # unset, the new identity keys leave every existing run id as it was; set, they make another run

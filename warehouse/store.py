@@ -6,6 +6,8 @@
 <root>/traces/run_id=<id>/journey-<mode>.parquet journey rows built from the run's samples (kind = journey)
 <root>/runs/<run_id>.json                        what ran: recipe, versions, counts, timings
 <root>/plans/<run_id>.json                       which problems each shard holds: extended, never reordered
+<root>/judge_cache/*.parquet                     the LLM judge's answers, by (answer, reference, judge, prompt)
+<root>/ratings/*.parquet                         difficulty ratings of problems by judge models (`distill rate`)
 <root>/catalog.duckdb                            views only; rebuilt from the files at any time
 
 The files are the truth and the catalog is derived from them, so a lost or stale catalog costs a
@@ -343,7 +345,7 @@ class Warehouse:
         return self._at(rel)
 
     def _decisions(self) -> list[str]:
-        return [r for r in self.storage.list("decisions", "*.parquet") if not r.endswith("/_schema.parquet")]
+        return self._side_files("decisions")
 
     # -- the judge's cache and its difficulty ratings -------------------------------------------
     # Small files under a name no other writer uses, one per batch of questions, written as soon as the
