@@ -20,7 +20,7 @@ from distill.generators import make_teacher
 from distill.generators.base import SamplingConfig, build_messages
 from distill.errors import BackendError
 from distill.generators.openai import OpenAIGenerator, sample_seed
-from tests.conftest import DISTILL, ROOT, run_cli, server_metric  # the vllm_server fixture is in conftest
+from tests.conftest import DISTILL, ROOT, free_port, run_cli, server_metric  # the vllm_server fixture is in conftest
 from tests.test_e2e import check_warehouse
 from distill.warehouse.store import Warehouse
 
