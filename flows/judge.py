@@ -93,8 +93,8 @@ def judge_traces(traces: list[Trace], recipe: Recipe, wh: Warehouse) -> dict:
                     "reason": reason, "reply": reply, "created_at": datetime.now(timezone.utc)}
 
         found.update(_ask(judge, todo, row, wh.write_judged))
-    for t, k in pending:
-        t.judge_correct, t.judge_reason = found[k]["verdict"], found[k]["reason"]
+    for t, k in pending:  # read from the stored reply: a better reading of replies applies to cached ones too
+        t.judge_correct, t.judge_reason = parse_verdict(found[k]["reply"])
     return stats
 
 
