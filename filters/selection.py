@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from distill.errors import ConfigError
+from distill.filters.basic import verdict
 from distill.warehouse.schema import Trace
 
 PREFER = ("first", "shortest", "diverse")
@@ -39,8 +40,10 @@ def _order(kept: list[Trace], prefer: str) -> list[Trace]:
 
 
 def select_per_problem(traces: list[Trace], keep_per_problem: int | None = None, prefer: str = "first",
-                       pass_rate_min: float | None = None, pass_rate_max: float | None = None) -> dict:
-    """Decide per problem; returns counts of what it dropped. Traces already rejected stay so."""
+                       pass_rate_min: float | None = None, pass_rate_max: float | None = None,
+                       uses: str = "rules") -> dict:
+    """Decide per problem; returns counts of what it dropped. Traces already rejected stay so. `uses`: the
+    verdict a sample passes by (the recipe's `judge_uses`, see filters.basic.verdict)."""
     if prefer not in PREFER:
         raise ConfigError(f"prefer must be one of {', '.join(PREFER)}, got {prefer!r}")
     by_problem: dict[str, list[Trace]] = defaultdict(list)
@@ -49,7 +52,7 @@ def select_per_problem(traces: list[Trace], keep_per_problem: int | None = None,
     dropped = {"pass_rate": 0, "over_quota": 0}
     for group in by_problem.values():
         # pass rate over all samples drawn: an unverifiable sample counts as not passed
-        rate = sum(1 for t in group if t.correct) / len(group)
+        rate = sum(1 for t in group if verdict(t, uses)) / len(group)
         for t in group:
             t.scores["pass_rate"] = rate
         out_of_range = (pass_rate_min is not None and rate < pass_rate_min) or \

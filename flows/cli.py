@@ -87,6 +87,8 @@ def prepare(recipe: Path, set_: list[str], limit: Optional[int], warehouse: Opti
     from distill.verifiers import get_verifier
 
     get_verifier(rcp.selection.verifier)
+    if rcp.selection.judge_model:  # set only with a verifier that names the judge
+        rcp.judge_settings()  # a judge needs a server: judge_api_base, or the teacher's api_base
     from distill.flows.generate import build_filters, problems_for, task_runner_for
 
     build_filters(rcp, recipe.parent)
@@ -326,7 +328,8 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, difficulty, funnel, filter_funnel, journeys, runs, evals."),
+    query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, difficulty, "
+                                "funnel, filter_funnel, journeys, verdict_disagreements, ratings, runs, evals."),
     warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
                                       "suffix, else table)."),
@@ -446,6 +449,9 @@ def export(
                                                    "(0 … 1)."),
     order: str = typer.Option("trace_id", "--order", help="trace_id | difficulty (a curriculum: easy → hard, ties by "
                               "trace_id)."),
+    difficulty_by: str = typer.Option("pass_rate", "--difficulty-by", help="What --difficulty-min/max and --order "
+                                      "difficulty go by: pass_rate (in the row's run) | rating (judges' ratings, "
+                                      "distill rate)."),
     mix: Optional[list[str]] = typer.Option(None, "--mix", help="A source of a mix, repeatable: RUN_ID=SPEC or "
                                             "CHAT_FILE=SPEC (.jsonl/.json/.parquet rows of messages), SPEC a count "
                                             "(600), a weight (0.25, with --total) or all; or one mix.yaml. The first "
@@ -467,7 +473,8 @@ def export(
     command = shlex.join(["distill", *sys.argv[1:]])
     result = do_export(warehouse, out_dir, runs=[r.strip() for r in runs_.split(",") if r.strip()] if runs_ else None,
                        where=where, variant=variant, test_size=test_size, seed=seed, max_wrong=max_wrong,
-                       difficulty_min=difficulty_min, difficulty_max=difficulty_max, order=order, mix=mix or None,
+                       difficulty_min=difficulty_min, difficulty_max=difficulty_max, order=order, difficulty_by=difficulty_by,
+                       mix=mix or None,
                        total=total, chat_think=chat_think, command=command, overwrite=overwrite)
     for warning in result.warnings:
         err.print(f"warning: {warning}", highlight=False)
@@ -584,6 +591,31 @@ def decontam(
     wh = Warehouse(warehouse)
     for run_id in c["runs"]:
         print_funnel(warehouse, run_id, wh.read_run(run_id) or {})
+
+
+@app.command()
+def rate(
+    run_id: str = typer.Argument(..., help="Run whose problems to rate (see `distill runs`)."),
+    judge_model: str = typer.Option(..., "--judge-model", help="The rating model, as its server names it."),
+    api_base: str = typer.Option(..., "--api-base", help="Its OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the "
+                                    "server's API key (never logged or stored)."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once."),
+    warehouse: str = typer.Option("./distill-data", "--warehouse", help=STORE_HELP),
+):
+    """Rate each problem of a run from 1 (trivial) to 10 (hardest) by a judge model that sees the question only.
+
+    The ratings are stored beside the parts (<warehouse>/ratings/, the `ratings` view) with the versioned
+    prompt; a problem already rated by the same model and prompt is not asked again.
+    """
+    from distill.flows.judge import rate_problems
+
+    if concurrency < 1:
+        fail("--concurrency must be >= 1")
+    c = rate_problems(warehouse, run_id, judge_model, api_base, api_key_env, concurrency)
+    out.print(f"ratings of {c['run_id']} by {c['rater']} ({c['prompt_version']}): {c['problems']} problems, "
+              f"{c['asked']} asked, {c['cached']} already rated, {c['unreadable']} replies without a rating "
+              "(null); see them: distill sql \"select * from ratings\"", highlight=False)
 
 
 @app.command()

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from distill import filters as filters_mod
 from distill.filters.selection import select_per_problem
 from distill.flows.dedup import global_step, resolve_against
+from distill.flows.judge import judge_info, judge_traces
 from distill.flows.journey import journeys_task
 from distill.flows.logs import terminal
 from distill.flows.preselect import preselect
@@ -67,6 +68,8 @@ def build_filters(recipe: Recipe, base_dir: Path | None) -> list:
         params = dict(params)
         if isinstance(params.get("against"), list):
             params["against"] = resolve_against(params["against"], base_dir)
+        if name == "rejection":  # the verdict it goes by: the rules', the judge's, either or both
+            params.setdefault("uses", recipe.selection.uses())
         out.append(filters_mod.make_filter(name, **params))
     return out
 
@@ -120,6 +123,7 @@ def reuse(t: Trace, run_id: str, problem: Problem) -> Trace:
     t.run_id, t.question = run_id, t.question or problem.question
     t.problem_id, t.source, t.domain, t.reference = problem.problem_id, problem.source, problem.domain, problem.reference
     t.correct = t.verifier = t.verdict_reason = t.extracted_answer = None
+    t.judge_correct = t.judge_model = t.judge_reason = None
     t.scores, t.kept, t.rejected_by, t.rejected_stage = {}, None, None, None
     return t
 
@@ -270,15 +274,16 @@ def shard_task(recipe: Recipe, run_id: str, backend: str, shard: int, problems: 
                     on_sample(j, pos, s)
         ckpt.flush()
     new = copied + generated
-    rows, reports = finish_shard(recipe, run_id, shard, problems, existing, new, base_dir,
-                                 len(problems) * recipe.sampling.n, shard_key(problems, recipe.sampling.n), timings)
+    rows, reports, judged = finish_shard(recipe, run_id, shard, problems, existing, new, base_dir,
+                                         len(problems) * recipe.sampling.n, shard_key(problems, recipe.sampling.n),
+                                         timings)
     timings.update(generate=gen_s)
     return {"shard": shard, "samples": len(new), "generated": len(generated),
             "reused": sum(1 for t in copied if t.reused_from), "recovered": sum(1 for t in copied if not t.reused_from),
             "reused_from": sorted({t.reused_from for t in copied if t.reused_from}), "teacher_calls": calls,
             "kept": sum(1 for t in rows if t.kept), "failures": failures,
             "completion_tokens": sum(t.completion_tokens or 0 for t in generated), "timings": timings,
-            "filter_reports": reports}
+            "filter_reports": reports, **judged}
 
 
 def finish_shard(recipe: Recipe, run_id: str, shard: int, problems: list[Problem], existing: list[Trace],
@@ -293,6 +298,8 @@ def finish_shard(recipe: Recipe, run_id: str, shard: int, problems: list[Problem
     verdicts = verify_batch(recipe.selection.verifier, [(t.completion, t.reference) for t in new], workers=recipe.execution.verify_workers)
     for t, v in zip(new, verdicts):
         t.correct, t.verifier, t.verdict_reason, t.extracted_answer = v.correct, recipe.selection.verifier, v.reason, v.extracted
+    wh = Warehouse(recipe.execution.warehouse)
+    judged = judge_traces(new, recipe, wh)  # the LLM judge, when the verifier names one: cached, asks only the new
     t2 = time.perf_counter()
     rows = sorted(existing + new, key=lambda t: (t.problem_id, t.sample_index))
     active = [t for t in rows if t.problem_id in by_id]
@@ -300,17 +307,17 @@ def finish_shard(recipe: Recipe, run_id: str, shard: int, problems: list[Problem
     run_filters, filters_lock = filters_for(recipe, run_id, base_dir)
     with filters_lock:  # filter objects keep state (dedup) and are not thread-safe
         reports = filters_mod.apply_filters(active, run_filters).reports  # this shard's, not the process's
-    select_per_problem(active, recipe.selection.keep_per_problem, recipe.selection.prefer, *recipe.selection.own_pass_rate_range())
+    select_per_problem(active, recipe.selection.keep_per_problem, recipe.selection.prefer,
+                       *recipe.selection.own_pass_rate_range(), uses=recipe.selection.uses())
     for t in removed:  # never deleted: a paid-for sample, and the problem may come back
         t.kept, t.rejected_by, t.rejected_stage = False, REMOVED, "dataset"
     t3 = time.perf_counter()
-    wh = Warehouse(recipe.execution.warehouse)
     if rows:
         wh.write_part(run_id, shard, rows, expected=expected + len(removed), key=key)
     wh.drop_checkpoints(run_id, shard)  # the part, renamed into place, holds every checkpointed sample
     t4 = time.perf_counter()
     timings.update(verify=t2 - t1, filter=t3 - t2, write=t4 - t3)
-    return rows, reports
+    return rows, reports, judged
 
 
 def task_runner_for(recipe: Recipe):
@@ -380,7 +387,7 @@ def start_record(wh: Warehouse, recipe: Recipe, run_id: str, command: str | None
     call = {"call_id": uuid.uuid4().hex[:16], "started_at": datetime.now(timezone.utc).isoformat(),
             "finished_at": None, "status": "running",
             "shards_done": 0, "timings": timings, "generated": 0, "reused": 0, "recovered": 0, "teacher_calls": 0,
-            "completion_tokens": 0, "reused_from": []}
+            "completion_tokens": 0, "reused_from": [], "judge_calls": 0, "judge_cached": 0}
     calls = [*(previous.get("calls") or []), call]  # read_run gives an older record the current shape
     # each shard's filter report, and when it was made (several workers' reports are merged by it)
     by_shard = {e["shard"]: e for e in previous.get("filters_by_shard") or []}
@@ -392,6 +399,8 @@ def start_record(wh: Warehouse, recipe: Recipe, run_id: str, command: str | None
         "timings": {}, "calls": calls, "filters": {}, "filters_by_shard": [],
         "error": None, "failed_samples": 0, "failures": [],
     }
+    if judge_info(recipe):  # the judge's model and versioned prompt, behind every judge_correct of the run
+        run["judge"] = judge_info(recipe)
     if previous.get("journeys"):  # built by earlier calls or `distill journeys`
         run["journeys"] = previous["journeys"]
     return run, call, calls, by_shard, previous
@@ -474,7 +483,8 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                     for k, v in counts["timings"].items():
                         timings[k] = timings.get(k, 0.0) + v
                     call["shards_done"] += 1
-                    for k in ("generated", "reused", "recovered", "teacher_calls", "completion_tokens"):
+                    for k in ("generated", "reused", "recovered", "teacher_calls", "completion_tokens", "judge_calls",
+                              "judge_cached"):
                         call[k] += counts[k]  # completion_tokens: what the teacher generated in this call
                     call["reused_from"] = sorted(set(call["reused_from"]) | set(counts["reused_from"]))
                     run["failed_samples"] = len(failures)

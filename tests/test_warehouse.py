@@ -124,7 +124,7 @@ def test_parts_from_an_older_schema_stay_readable(tmp_path, make_trace):
     # A part written before a column existed (here: without rejected_stage) reads as NULL there.
     import pyarrow.parquet as pq
 
-    from distill.warehouse.schema import to_table
+    from distill.warehouse.schema import SCHEMA_VERSION, to_table
 
     wh = Warehouse(tmp_path)
     old = to_table(traces_for(make_trace, "old", 2)).drop_columns(["rejected_stage"])
@@ -133,7 +133,7 @@ def test_parts_from_an_older_schema_stay_readable(tmp_path, make_trace):
     wh.write_part("new", 0, traces_for(make_trace, "new", 2))
     wh.refresh()
     assert wh.query("select run_id, count(*), count(rejected_stage), min(schema_version) from traces "
-                    "group by 1 order by 1")[1] == [("new", 2, 0, 2), ("old", 2, 0, 2)]
+                    "group by 1 order by 1")[1] == [("new", 2, 0, SCHEMA_VERSION), ("old", 2, 0, SCHEMA_VERSION)]
 
 
 def test_a_warehouse_made_before_a_column_was_added_opens(tmp_path, make_trace):

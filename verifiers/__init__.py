@@ -71,12 +71,17 @@ VERIFIERS = {
     "code": "distill.verifiers.code:verify",
     "countdown": "distill.verifiers.countdown:verify",
     "format": "distill.verifiers.format:verify",
+    "judge": "distill.verifiers.judge:verify",  # no rules: the answer the judge is shown (flows/judge.py asks it)
 }
 
 
 def get_verifier(name: str):
+    from distill.verifiers.judge import split_verifier
+
+    rules, _ = split_verifier(name)  # NAME+judge: NAME's rules here; the judge is asked apart (flows/judge.py)
+    name = rules or "judge"
     if name not in VERIFIERS:
-        raise ConfigError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
+        raise ConfigError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))}, or NAME+judge)")
     module, func = VERIFIERS[name].split(":")
     return getattr(importlib.import_module(module), func)
 

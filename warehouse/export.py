@@ -144,10 +144,16 @@ def is_export(folder: str | Path) -> bool:
     return readme.exists() and MARKER in readme.read_text(errors="replace")
 
 
-def difficulties(wh: Warehouse) -> dict[tuple[str, str], float]:
-    """{(run_id, problem_id): difficulty} from the difficulty view (0 easy … 1 hard: 1 - the problem's pass
-    rate in that run). A journey row is as hard as its problem."""
-    _, rows = wh.query("SELECT run_id, problem_id, difficulty FROM difficulty WHERE basis = 'pass_rate'")
+DIFFICULTY_BASES = {"pass_rate": "1 - the problem's pass rate in its run",
+                     "rating": "a judge's 1–10 rating of the question (distill rate), (rating - 1) / 9, averaged over raters"}
+
+
+def difficulties(wh: Warehouse, basis: str = "pass_rate") -> dict[tuple[str, str], float]:
+    """{(run_id, problem_id): difficulty} from the difficulty view (0 easy … 1 hard) on one basis: the pass rate
+    in that run, or judges' ratings (averaged when several judges rated it). A journey row is as hard as its
+    problem; a problem with no value on the basis (never rated) has none."""
+    _, rows = wh.query("SELECT run_id, problem_id, avg(difficulty) FROM difficulty WHERE basis = ? GROUP BY ALL",
+                       [basis])
     return {(r, p): d for r, p, d in rows}
 
 
@@ -164,7 +170,7 @@ def export_rows(wh: Warehouse, runs: list[str] | None, where: str | None, varian
 def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, where: str | None = None,
            variant: str = "shortcut", test_size: float = 0.0, seed: int = 0, max_wrong: int = 1,
            difficulty_min: float | None = None, difficulty_max: float | None = None, order: str = "trace_id",
-           mix: list[str] | None = None, total: int | None = None, chat_think: str = "empty",
+           difficulty_by: str = "pass_rate", mix: list[str] | None = None, total: int | None = None, chat_think: str = "empty",
            command: str | None = None, overwrite: bool = False) -> ExportResult:
     """Write the dataset. `difficulty_min/max` keep warehouse rows whose problem's difficulty in its run is in
     range (0 easy … 1 hard); `order` is trace_id or difficulty (easy → hard, ties by trace_id); `mix` is
@@ -176,6 +182,8 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         raise DistillError(f"--test-size must be in [0, 1), got {test_size}")
     if order not in ORDERS:
         raise DistillError(f"--order must be trace_id or difficulty, got {order!r}")
+    if difficulty_by not in DIFFICULTY_BASES:
+        raise DistillError(f"--difficulty-by must be pass_rate or rating, got {difficulty_by!r}")
     if chat_think not in mixes.CHAT_THINK:
         raise DistillError(f"--chat-think must be empty or none, got {chat_think!r}")
     for name, v in (("--difficulty-min", difficulty_min), ("--difficulty-max", difficulty_max)):
@@ -198,7 +206,10 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         finally:
             con.close()
     filtered = difficulty_min is not None or difficulty_max is not None
-    hardness = difficulties(wh) if filtered or order == "difficulty" else {}
+    hardness = difficulties(wh, difficulty_by) if filtered or order == "difficulty" else {}
+    if (filtered or order == "difficulty") and not hardness:
+        hint = " (rate the problems first: distill rate RUN --judge-model ...)" if difficulty_by == "rating" else ""
+        raise DistillError(f"no problem has a difficulty by {difficulty_by} in this warehouse{hint}")
     lo = difficulty_min if difficulty_min is not None else 0.0
     hi = difficulty_max if difficulty_max is not None else 1.0
     out_of_range = 0
@@ -242,7 +253,7 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
     # Write next to the target and swap it in: an export that fails halfway leaves the old one.
     card = dataset_card(wh, used_runs, {k: len(v) for k, v in splits.items()}, variant=variant, where=where,
                         test_size=test_size, seed=seed, max_wrong=max_wrong, command=command,
-                        shaping=shaping_lines(filtered, lo, hi, out_of_range, order),
+                        shaping=shaping_lines(filtered, lo, hi, out_of_range, order, difficulty_by),
                         mix=mixes.card_lines(sources, total, seed, chat_think) if sources else [],
                         chat_sources=[(s.path.name, s.problems) for s in sources or [] if s.kind == "chat" and s.taken])
     with replacing(out) as tmp:
@@ -254,12 +265,13 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
     return ExportResult(out, {k: len(v) for k, v in sorted(splits.items())}, card, warnings)
 
 
-def shaping_lines(filtered: bool, lo: float, hi: float, dropped: int, order: str) -> list[str]:
+def shaping_lines(filtered: bool, lo: float, hi: float, dropped: int, order: str,
+                  basis: str = "pass_rate") -> list[str]:
     """What the card says about the difficulty filter and the order of the rows."""
     lines = []
     if filtered:
-        lines.append(f"Difficulty: only problems with difficulty in [{lo}, {hi}] (0 easy … 1 hard: 1 - the problem's "
-                     f"pass rate in its run, the `difficulty` view); {dropped} rows outside it left out.")
+        lines.append(f"Difficulty: only problems with difficulty in [{lo}, {hi}] (0 easy … 1 hard: "
+                     f"{DIFFICULTY_BASES[basis]}, the `difficulty` view); {dropped} rows outside it left out.")
     lines.append("Order: " + ("a curriculum, easy → hard (the problem's difficulty in its run, then trace_id; rows "
                               "with no difficulty last)." if order == "difficulty" else "by trace_id."))
     return lines + [""]

@@ -13,7 +13,10 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: trace_id hashes the rendered prompt (see make_trace_id); `question`, `reused_from`
+# 2: trace_id hashes the rendered prompt (see make_trace_id); `question`, `reused_from`.
+# 3: the LLM judge's verdict beside the rules' (`judge_correct`, `judge_model`, `judge_reason`). Parts written
+#    before read them as null everywhere (the catalog reads by name, Arrow datasets fill a missing column).
+SCHEMA_VERSION = 3
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -52,6 +55,10 @@ SCHEMA = pa.schema(
         ("verifier", pa.string()),
         ("verdict_reason", pa.string()),
         ("extracted_answer", pa.string()),
+        # the LLM judge (verifier `judge` or `math+judge`): asked about the final answer only
+        ("judge_correct", pa.bool_()),  # null = not asked, or no clear YES/NO (judge_reason says which)
+        ("judge_model", pa.string()),
+        ("judge_reason", pa.string()),  # judge_yes | judge_no | judge_unclear: <reply> | no_answer | no_reference
         # filters: scores apart from decisions
         ("scores", pa.map_(pa.string(), pa.float64())),
         ("kept", pa.bool_()),
@@ -92,6 +99,9 @@ class Trace:
     verifier: str | None = None
     verdict_reason: str | None = None
     extracted_answer: str | None = None
+    judge_correct: bool | None = None
+    judge_model: str | None = None
+    judge_reason: str | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
     kept: bool | None = None
     rejected_by: str | None = None
@@ -114,6 +124,35 @@ DECISIONS_SCHEMA = pa.schema(
         ("kept", pa.bool_()),
         ("rejected_by", pa.string()),  # duplicate | near_duplicate | contaminated; null when kept
         ("detail", pa.string()),  # json: dedup {"cluster": trace id kept}; decontam {"eval_set", "eval_line"}
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+# Difficulty ratings of problems by a judge model (`distill rate`), stored apart from the parts in
+# <root>/ratings/: one row per (problem, rater) asked, written after each batch of questions.
+RATINGS_SCHEMA = pa.schema(
+    [
+        ("problem_id", pa.string()),
+        ("rater", pa.string()),  # the model that rated
+        ("rating", pa.float64()),  # 1 (trivial) to 10 (hardest); null when the reply held no number
+        ("prompt_version", pa.string()),
+        ("reply", pa.string()),
+        ("key", pa.string()),  # hash of (question, rater, prompt version): a rerun asks nothing twice
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# The judge's answers, cached in <root>/judge_cache/ by what decides them: any run, rerun or re-verification
+# that needs the same answer judged against the same reference by the same judge and prompt asks nothing.
+JUDGE_CACHE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),  # hash of (candidate answer, reference, judge model, prompt version)
+        ("judge_model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("verdict", pa.bool_()),
+        ("reason", pa.string()),
+        ("reply", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )

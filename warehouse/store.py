@@ -6,6 +6,8 @@
 <root>/traces/run_id=<id>/journey-<mode>.parquet journey rows built from the run's samples (kind = journey)
 <root>/runs/<run_id>.json                        what ran: recipe, versions, counts, timings
 <root>/plans/<run_id>.json                       which problems each shard holds: extended, never reordered
+<root>/judge_cache/*.parquet                     the LLM judge's answers, by (answer, reference, judge, prompt)
+<root>/ratings/*.parquet                         difficulty ratings of problems by judge models (`distill rate`)
 <root>/catalog.duckdb                            views only; rebuilt from the files at any time
 
 The files are the truth and the catalog is derived from them, so a lost or stale catalog costs a
@@ -35,7 +37,8 @@ import pyarrow.parquet as pq
 
 from distill.errors import DistillError
 from distill.files import remove_leftovers, replacing, write_text
-from distill.warehouse.schema import DECISIONS_SCHEMA, SCHEMA, Trace, from_table, to_table
+from distill.warehouse.schema import (DECISIONS_SCHEMA, JUDGE_CACHE_SCHEMA, RATINGS_SCHEMA, SCHEMA, Trace, from_table,
+                                      to_table)
 from distill.warehouse.storage import Storage
 
 # Queries the catalog answers. `funnel` counts one run's way from problems to kept samples.
@@ -85,15 +88,34 @@ VIEWS = {
                count(*) FILTER (WHERE correct) / count(*) AS pass_rate,
                count(*) FILTER (WHERE kept) AS kept
         FROM traces WHERE kind = 'sample' GROUP BY run_id, problem_id""",
-    # How hard a problem was for a run's teacher: 0 easy … 1 hard, and in five levels (1: pass rate >= 0.8,
-    # 2: >= 0.6, … 5: < 0.2). `basis` says what it was measured from, so other measures (a judge's rating)
-    # can join as rows of their own without changing these.
+    # Where the rules and the LLM judge disagree (both gave a verdict): the parser's misses and the judge's
+    # over-acceptance, to read before choosing judge_uses.
+    "verdict_disagreements": """
+        SELECT run_id, trace_id, problem_id, reference, extracted_answer, correct, judge_correct, judge_model,
+               verifier, verdict_reason, judge_reason, kept, rejected_by
+        FROM traces WHERE correct IS NOT NULL AND judge_correct IS NOT NULL AND correct <> judge_correct""",
+    # Difficulty ratings by judge models (`distill rate`): the latest per problem, rater and prompt version.
+    "ratings": """
+        SELECT problem_id, rater, prompt_version, arg_max(rating, created_at) AS rating,
+               arg_max(reply, created_at) AS reply, max(created_at) AS created_at
+        FROM raw_ratings GROUP BY ALL""",
+    # How hard a problem was: 0 easy … 1 hard, and in five levels (1 easiest … 5 hardest). `basis` says what it
+    # was measured from: 'pass_rate' (the run's own samples; level 1: pass rate >= 0.8, 2: >= 0.6, … 5: < 0.2),
+    # or 'rating' (a judge's 1–10 rating of the question, `distill rate`: (rating - 1) / 9, one row per rater, on
+    # every run that has the problem).
     "difficulty": """
         SELECT run_id, problem_id, source, samples, correct, pass_rate,
                1 - pass_rate AS difficulty,
                (5 - least(4, floor(pass_rate * 5)))::INTEGER AS level,
-               'pass_rate' AS basis
-        FROM pass_rates""",
+               'pass_rate' AS basis, NULL::VARCHAR AS rater
+        FROM pass_rates
+        UNION ALL
+        SELECT p.run_id, p.problem_id, p.source, p.samples, p.correct, p.pass_rate,
+               (r.rating - 1) / 9 AS difficulty,
+               (1 + least(4, floor((r.rating - 1) / 9 * 5)))::INTEGER AS level,
+               'rating' AS basis, r.rater
+        FROM pass_rates p JOIN (SELECT problem_id, rater, arg_max(rating, created_at) AS rating
+                                FROM ratings WHERE rating IS NOT NULL GROUP BY ALL) r USING (problem_id)""",
     "problems": """
         SELECT problem_id, any_value(source) AS source, any_value(domain) AS domain,
                any_value(prompt[len(prompt)].content) AS question, any_value(reference) AS reference,
@@ -129,7 +151,7 @@ VIEWS = {
 # gain nothing from it and it costs ingest time.
 DICTIONARY_COLUMNS = ["run_id", "problem_id", "kind", "source", "domain", "reference", "teacher", "backend",
                       "sampling", "finish_reason", "verifier", "verdict_reason", "extracted_answer",
-                      "rejected_by", "rejected_stage"]
+                      "judge_model", "judge_reason", "rejected_by", "rejected_stage"]
 
 
 class Warehouse:
@@ -340,7 +362,40 @@ class Warehouse:
         return self._at(rel)
 
     def _decisions(self) -> list[str]:
-        return [r for r in self.storage.list("decisions", "*.parquet") if not r.endswith("/_schema.parquet")]
+        return self._side_files("decisions")
+
+    # -- the judge's cache and its difficulty ratings -------------------------------------------
+    # Small files under a name no other writer uses, one per batch of questions, written as soon as the
+    # batch is answered: a crash loses at most the batch in flight, and any root (S3 too) takes them.
+    def _side_files(self, folder: str) -> list[str]:
+        return [r for r in self.storage.list(folder, "*.parquet") if not r.endswith("/_schema.parquet")]
+
+    def _lookup(self, folder: str, schema: pa.Schema, keys: Iterable[str]) -> dict[str, dict]:
+        wanted = sorted(set(keys))
+        files = self._side_files(folder)
+        if not files or not wanted:
+            return {}
+        table = self.storage.dataset(files, schema).to_table(filter=pc.field("key").isin(pa.array(wanted, pa.string())))
+        return {r["key"]: r for r in sorted(table.to_pylist(), key=lambda r: r["created_at"])}  # the latest wins
+
+    def _append(self, folder: str, schema: pa.Schema, rows: list[dict]) -> None:
+        if rows:
+            rel = f"{folder}/{time.time_ns()}-{uuid.uuid4().hex[:12]}.parquet"
+            self.storage.write_parquet(rel, pa.Table.from_pylist(rows, schema=schema), compression="zstd")
+
+    def judged(self, keys: Iterable[str]) -> dict[str, dict]:
+        """The judge's stored answers ({key: JUDGE_CACHE_SCHEMA row}) for these keys, of any run."""
+        return self._lookup("judge_cache", JUDGE_CACHE_SCHEMA, keys)
+
+    def write_judged(self, rows: list[dict]) -> None:
+        self._append("judge_cache", JUDGE_CACHE_SCHEMA, rows)
+
+    def rated(self, keys: Iterable[str]) -> dict[str, dict]:
+        """Stored difficulty ratings ({key: RATINGS_SCHEMA row}) for these keys."""
+        return self._lookup("ratings", RATINGS_SCHEMA, keys)
+
+    def write_ratings(self, rows: list[dict]) -> None:
+        self._append("ratings", RATINGS_SCHEMA, rows)
 
     # -- runs --------------------------------------------------------------------------------
     def run_path(self, run_id: str) -> Path | str:
@@ -441,13 +496,14 @@ class Warehouse:
         return path
 
     def _create_views(self, con: duckdb.DuckDBPyConnection, parts: str, decisions: str, runs: str | None,
-                      evals: str | None) -> None:
+                      evals: str | None, ratings: str) -> None:
         """The views, given SQL for the parts (traces and journeys), the decisions files, the run
-        records and the eval results (None: none stored yet)."""
+        records and the eval results (None: none stored yet), and the ratings files."""
         con.execute(f"CREATE OR REPLACE VIEW raw_traces AS SELECT * FROM {parts}")
         con.execute(f"CREATE OR REPLACE VIEW decisions AS SELECT * FROM {decisions}")
-        for name in ("traces", "accepted", "funnel", "journeys", "pass_rates", "difficulty", "problems",
-                     "filter_funnel"):
+        con.execute(f"CREATE OR REPLACE VIEW raw_ratings AS SELECT * FROM {ratings}")
+        for name in ("traces", "accepted", "funnel", "journeys", "pass_rates", "problems", "filter_funnel",
+                     "verdict_disagreements", "ratings", "difficulty"):
             con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
         if evals:
             # every stored field but the per-problem detail (texts included), old files' missing ones NULL
@@ -478,6 +534,8 @@ class Warehouse:
             parts.append(str(root / "traces" / "run_id=*" / "journey-*.parquet"))
         self._empty("decisions/_schema.parquet", DECISIONS_SCHEMA)
         decisions = [str(root / "decisions" / "*.parquet")]
+        self._empty("ratings/_schema.parquet", RATINGS_SCHEMA)
+        ratings = [str(root / "ratings" / "*.parquet")]
         runs = [str(root / "runs" / "*.json")] if any((root / "runs").glob("*.json")) else []
         evals = [str(root / "evals" / "*.json")] if any((root / "evals").glob("*.json")) else []
         # Built under a temporary name and renamed over the catalog: a reader holding the old file keeps
@@ -491,7 +549,8 @@ class Warehouse:
             try:
                 self._create_views(con, f"read_parquet({_sql_list(parts)}, union_by_name = true)",
                                    f"read_parquet({_sql_list(decisions)}, union_by_name = true)",
-                                   _sql_list(runs) if runs else None, _sql_list(evals) if evals else None)
+                                   _sql_list(runs) if runs else None, _sql_list(evals) if evals else None,
+                                   f"read_parquet({_sql_list(ratings)}, union_by_name = true)")
             finally:
                 con.close()
         return self.catalog_path
@@ -528,9 +587,12 @@ class Warehouse:
         con.register("_parts", self.storage.dataset(parts, SCHEMA) if parts else SCHEMA.empty_table())
         con.register("_decisions", self.storage.dataset(decisions, DECISIONS_SCHEMA) if decisions
                      else DECISIONS_SCHEMA.empty_table())
+        ratings = self._side_files("ratings")
+        con.register("_ratings", self.storage.dataset(ratings, RATINGS_SCHEMA) if ratings
+                     else RATINGS_SCHEMA.empty_table())
         evals = self._mirrored("evals")
         self._create_views(con, "_parts", "_decisions", _sql_list([str(self._mirror / "runs" / "*.json")]) if runs else None,
-                           _sql_list([str(self._mirror / "evals" / "*.json")]) if evals else None)
+                           _sql_list([str(self._mirror / "evals" / "*.json")]) if evals else None, "_ratings")
         return con
 
     def _mirrored(self, folder: str) -> list[str]:
