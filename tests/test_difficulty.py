@@ -124,6 +124,48 @@ def test_bad_difficulty_arguments_are_one_line_and_write_nothing(wh_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_judges_ratings_give_a_difficulty_of_their_own_and_export_can_go_by_it(wh_dir, tmp_path):
+    """`distill rate` stores 1–10 ratings per problem; the view adds a row per run that has the problem and per
+    rater ((rating - 1) / 9), the pass-rate rows stay as they were, and export's range and order can use them."""
+    wh = Warehouse(wh_dir)
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    later = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    wh.write_ratings([
+        {"problem_id": "p0", "rater": "judge-a", "rating": 10.0, "prompt_version": "rate-v1", "reply": "10",
+         "key": "k0", "created_at": at},
+        {"problem_id": "p0", "rater": "judge-b", "rating": 8.0, "prompt_version": "rate-v1", "reply": "8", "key": "k1",
+         "created_at": at},
+        {"problem_id": "p1", "rater": "judge-a", "rating": 9.0, "prompt_version": "rate-v1", "reply": "9", "key": "k2",
+         "created_at": at},
+        {"problem_id": "p1", "rater": "judge-a", "rating": 1.0, "prompt_version": "rate-v1", "reply": "1", "key": "k3",
+         "created_at": later},  # rated again later: the latest rating counts
+        {"problem_id": "p2", "rater": "judge-a", "rating": None, "prompt_version": "rate-v1", "reply": "hmm",
+         "key": "k4", "created_at": at},  # no number in the reply: no difficulty
+    ])
+    wh.refresh()
+    _, rows = wh.query("select run_id, problem_id, rater, difficulty, level from difficulty where basis = 'rating' "
+                       "order by all")
+    assert rows == [("big", "p0", "judge-a", 1.0, 5), ("big", "p0", "judge-b", 7 / 9, 4),
+                    ("big", "p1", "judge-a", 0.0, 1),
+                    ("cheap", "p0", "judge-a", 1.0, 5), ("cheap", "p0", "judge-b", 7 / 9, 4),
+                    ("cheap", "p1", "judge-a", 0.0, 1)]
+    assert wh.query("select count(*) from difficulty where basis = 'pass_rate'")[1] == [(8,)]
+    # by rating, p0 (mean (1 + 7/9) / 2) is hard in every run, p1 easy, and unrated problems have none
+    res = export(wh_dir, tmp_path / "hard", difficulty_by="rating", difficulty_min=0.5, order="difficulty")
+    assert {(r["run_id"], r["problem_id"]) for r in rows_of(tmp_path / "hard")} == {("cheap", "p0")}
+    assert "a judge's 1–10 rating" in res.card
+    export(wh_dir, tmp_path / "easy", runs=["big"], difficulty_by="rating", difficulty_max=0.5)
+    assert {r["problem_id"] for r in rows_of(tmp_path / "easy")} == {"p1"}
+    with pytest.raises(DistillError, match="--difficulty-by must be pass_rate or rating"):
+        export(wh_dir, tmp_path / "bad", difficulty_by="vibes", order="difficulty")
+
+
+def test_difficulty_by_rating_with_no_ratings_says_how_to_make_them(wh_dir, tmp_path):
+    with pytest.raises(DistillError, match="distill rate RUN") as e:
+        export(wh_dir, tmp_path / "out", difficulty_by="rating", order="difficulty")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
 # -- pass_rate_from: problems chosen by another run's pass rates, before generation ------------------------
 def recipe_with(wh_dir, **keys):
     from distill.flows.recipe import load_recipe
