@@ -241,14 +241,32 @@ class VLLMServer:
             pass
 
 
+_SERVERS: list[VLLMServer] = []  # the session's vLLM server, while it runs
+
+
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
+    """One real vLLM OpenAI server for every test that asks for it (it takes tens of seconds to start); stopped
+    as soon as no test left in the session needs it (pytest_runtest_teardown), so its engine's memory and
+    threads are not held through the rest of the suite."""
     server = VLLMServer(tmp_path_factory.mktemp("vllm-server"))
+    _SERVERS.append(server)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+        _SERVERS.remove(server)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if not _SERVERS:
+        return
+    items = item.session.items
+    rest = items[items.index(nextitem):] if nextitem in items else []
+    if not any("vllm_server" in getattr(i, "fixturenames", ()) for i in rest):
+        for server in _SERVERS:
+            server.stop()  # the fixture's own teardown, at the session's end, then finds it stopped
 
 
 def server_metric(server, name: str) -> float:
