@@ -77,6 +77,20 @@ def test_difficulty_is_one_minus_the_pass_rate_in_five_levels_per_run(wh_dir):
     assert differ == [(0,)]
 
 
+def test_pass_rate_is_the_one_selection_used_when_a_judge_decided(tmp_path, make_trace):
+    """verifier math+judge with judge_uses judge: the rules said no to every sample, the judge yes to two of four;
+    selection's pass rate (0.5) is the problem's, `correct` still counts the rules' verdicts."""
+    wh = Warehouse(tmp_path / "wh")
+    prompt = [{"role": "user", "content": "What is 1 + 1?"}]
+    wh.write_part("judged", 0, [make_trace("<think>1 and 1.</think> two", trace_id=f"t{i}", run_id="judged",
+                                           problem_id="p0", sample_index=i, prompt=prompt, reference="2",
+                                           correct=False, judge_correct=i < 2, judge_model="m", kept=i < 2,
+                                           scores={"pass_rate": 0.5}) for i in range(4)])
+    wh.refresh()
+    assert wh.query("select samples, correct, pass_rate from pass_rates")[1] == [(4, 0, 0.5)]
+    assert wh.query("select difficulty, level from difficulty")[1] == [(0.5, 3)]
+
+
 def test_report_shows_samples_pass_rate_and_kept_per_level(wh_dir):
     from distill.warehouse.report import report_html
     from distill.warehouse.report_data import load

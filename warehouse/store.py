@@ -82,10 +82,13 @@ VIEWS = {
                count(DISTINCT problem_id) AS problems, count(*) AS journeys,
                count(*) FILTER (WHERE kept) AS kept, sum(completion_tokens) AS completion_tokens
         FROM traces WHERE kind = 'journey' GROUP BY ALL""",
+    # pass_rate: the one the run's selection used (scores['pass_rate'], by the verdict judge_uses picks: with an
+    # LLM judge it may differ from `correct` / `samples`, which counts the rules' verdicts); computed from
+    # `correct` for rows no selection scored.
     "pass_rates": """
         SELECT run_id, problem_id, any_value(source) AS source,
                count(*) AS samples, count(*) FILTER (WHERE correct) AS correct,
-               count(*) FILTER (WHERE correct) / count(*) AS pass_rate,
+               coalesce(any_value(scores['pass_rate']), count(*) FILTER (WHERE correct) / count(*)) AS pass_rate,
                count(*) FILTER (WHERE kept) AS kept
         FROM traces WHERE kind = 'sample' GROUP BY run_id, problem_id""",
     # Where the rules and the LLM judge disagree (both gave a verdict): the parser's misses and the judge's
