@@ -651,6 +651,27 @@ def train(
     out.print(f"evaluate it: distill eval --model {result['output_dir']} --benchmark addition", highlight=False)
 
 
+@app.command()
+def rl(
+    recipe: Path = typer.Argument(..., help="RL recipe YAML, e.g. recipes/rl-default.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override an RL key: --set max_steps=20 (repeatable)."),
+):
+    """Train a policy with GRPO (TRL), distill's verifiers as rewards; every rollout is stored as a warehouse row."""
+    from distill.config import parse_set
+    from distill.trainers.rl import load_rl_config, train_rl
+
+    cfg = load_rl_config(recipe, parse_set(set_))
+    result = train_rl(cfg, base_dir=recipe.parent, command=shlex.join(["distill", *sys.argv[1:]]))
+    rewards = [r["reward"] for r in result["rewards"] if r["reward"] is not None]
+    resumed = f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else ""
+    out.print(f"trained {result['global_step']} steps{resumed} on {result['problems']} problems"
+              + (f"; reward {rewards[0]:.3f} → {rewards[-1]:.3f}" if rewards else "")
+              + f"; model in {result['output_dir']}; rollouts in run {result['run_id']}", highlight=False)
+    where = "" if result["warehouse"] in ("distill-data", "./distill-data") else f" --warehouse {result['warehouse']}"
+    out.print(f"reward curve: distill sql \"select * from rollout_steps where run_id = '{result['run_id']}' "
+              f"order by step\"{where}", highlight=False)
+
+
 @app.command("eval")
 def eval_(
     model: str = typer.Option(..., "--model", help="Model to evaluate: an alias, a local path (e.g. a trained "

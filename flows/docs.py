@@ -4,8 +4,8 @@
 
 Each section stands between `<!-- NAME:start -->` and `<!-- NAME:end -->` lines:
 - recipe-reference: the generation recipe's keys by section (flows/recipe.py, Recipe);
-- train-reference, pipeline-reference: the training and pipeline recipes' keys (TrainConfig,
-  PipelineConfig), from their fields' defaults and help, the same way;
+- train-reference, pipeline-reference, rl-reference: the training, pipeline and RL recipes' keys
+  (TrainConfig, PipelineConfig, RLConfig), from their fields' defaults and help, the same way;
 - cli-reference: every `distill` command with its arguments and options, read from the typer app.
 tests/test_recipe.py and tests/test_readme.py fail when one is stale.
 """
@@ -72,11 +72,13 @@ def sections() -> dict[str, str]:
     """The generated sections other than the recipe reference (flows/recipe.py writes that one)."""
     from distill.config import reference_markdown
     from distill.flows.pipeline import PipelineConfig
+    from distill.trainers.rl import RLConfig
     from distill.trainers.sft import TrainConfig
 
     return {"run-identity": run_identity_markdown(),
             "train-reference": reference_markdown(TrainConfig.model_fields),
             "pipeline-reference": reference_markdown(PipelineConfig.model_fields),
+            "rl-reference": reference_markdown(RLConfig.model_fields),
             "cli-reference": cli_reference()}
 
 

@@ -8,9 +8,9 @@ problems a cheap run vouched for (run the cheap recipe over them first to includ
 """
 from __future__ import annotations
 
-from distill.errors import ConfigError, DistillError
 from distill.flows.recipe import Recipe
 from distill.generators.problems import Problem
+from distill.warehouse.pass_rates import select_by_pass_rate
 from distill.warehouse.store import Warehouse
 
 
@@ -20,24 +20,5 @@ def preselect(recipe: Recipe, wh: Warehouse, problems: list[Problem]) -> tuple[l
     sel = recipe.selection
     if not sel.pass_rate_from:
         return problems, {}
-    try:
-        _, rows = wh.query("SELECT problem_id, pass_rate FROM pass_rates WHERE run_id = ?", [sel.pass_rate_from])
-        known = {r for (r,) in wh.query("SELECT DISTINCT run_id FROM pass_rates")[1]}
-    except DistillError:  # no warehouse yet, so no run to take pass rates from
-        rows, known = [], set()
-    if not rows:
-        known |= set(wh.run_ids())
-        raise ConfigError(f"pass_rate_from: no run {sel.pass_rate_from!r} with samples in {wh.root} "
-                          f"(runs: {', '.join(sorted(known)) or 'none'})")
-    rates = dict(rows)
-    lo, hi = sel.pass_rate_min, sel.pass_rate_max
-    keep, skipped = [], {"pass_rate": 0, "not_in_run": 0}
-    for p in problems:
-        rate = rates.get(p.problem_id)
-        if rate is None:
-            skipped["not_in_run"] += 1
-        elif (lo is not None and rate < lo) or (hi is not None and rate > hi):
-            skipped["pass_rate"] += 1
-        else:
-            keep.append(p)
+    keep, skipped = select_by_pass_rate(wh, problems, sel.pass_rate_from, sel.pass_rate_min, sel.pass_rate_max)
     return keep, {"pass_rate_from": sel.pass_rate_from, "problems_skipped": skipped}

@@ -14,7 +14,7 @@ from distill.warehouse.store import VIEWS, Warehouse
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["train-reference", "pipeline-reference", "cli-reference"])
+@pytest.mark.parametrize("name", ["train-reference", "pipeline-reference", "rl-reference", "cli-reference"])
 def test_generated_section_is_current(name):
     assert section(README, name) == sections()[name], f"README's {name} is stale: run `python -m distill.flows.docs`"
 
@@ -36,12 +36,15 @@ def test_every_recipe_loads_with_its_loader():
     """No recipe under recipes/ has an unknown key or a bad value (a pipeline's generation and training keys too)."""
     from distill.flows.pipeline import load_pipeline
     from distill.flows.recipe import load_recipe
+    from distill.trainers.rl import load_rl_config
     from distill.trainers.sft import TrainConfig, load_train_config
 
     paths = sorted((ROOT / "recipes").glob("*.yaml"))
     for path in paths:
         if path.name.startswith("train-"):
             load_train_config(path)
+        elif path.name.startswith("rl-"):
+            load_rl_config(path)
         elif path.name.startswith("pipeline-"):
             cfg, base = load_pipeline(path)
             load_recipe(base / cfg.generate, cfg.generate_set)
@@ -49,7 +52,7 @@ def test_every_recipe_loads_with_its_loader():
         else:
             load_recipe(path)
     assert {"default.yaml", "gsm8k-r1.yaml", "train-default.yaml", "train-gpu.yaml",
-            "pipeline-default.yaml"} <= {p.name for p in paths}
+            "pipeline-default.yaml", "rl-default.yaml"} <= {p.name for p in paths}
 
 
 def test_gpu_training_recipe_reads_numbers_as_numbers():

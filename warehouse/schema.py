@@ -29,7 +29,7 @@ SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("problem_id", pa.string()),
         ("sample_index", pa.int32()),
-        ("kind", pa.string()),  # sample | journey
+        ("kind", pa.string()),  # sample | journey | rollout (distill rl)
         ("parents", pa.list_(pa.string())),
         # problem
         ("source", pa.string()),

@@ -124,6 +124,15 @@ VIEWS = {
                any_value(prompt[len(prompt)].content) AS question, any_value(reference) AS reference,
                count(DISTINCT run_id) AS runs, count(*) AS samples
         FROM traces WHERE kind = 'sample' GROUP BY problem_id""",
+    # RL runs (`distill rl`): per training step, the rollouts' mean rewards (the weighted total `reward` and
+    # each reward; an accuracy of NULL, unverifiable, counts in none) and completion length: the reward curve.
+    "rollout_steps": """
+        SELECT run_id, scores['step']::INTEGER AS step, count(*) AS rollouts,
+               avg(scores['reward']) AS reward, avg(scores['reward_accuracy']) AS accuracy,
+               avg(scores['reward_format']) AS format, avg(scores['reward_language']) AS language,
+               avg(completion_tokens) AS completion_tokens,
+               count(*) FILTER (WHERE finish_reason = 'length') AS truncated
+        FROM traces WHERE kind = 'rollout' GROUP BY ALL""",
     # Per run and per step: samples in, dropped (by reason), kept. Step order is the order the
     # filters scored in, which the scores map keeps; per-problem selection comes last.
     "filter_funnel": """
@@ -506,7 +515,8 @@ class Warehouse:
         con.execute(f"CREATE OR REPLACE VIEW decisions AS SELECT * FROM {decisions}")
         con.execute(f"CREATE OR REPLACE VIEW raw_ratings AS SELECT * FROM {ratings}")
         for name in ("traces", "accepted", "funnel", "journeys", "pass_rates", "problems", "filter_funnel",
-                     "verdict_disagreements", "ratings", "difficulty"):
+                     "verdict_disagreements", "ratings", "difficulty",
+                     "rollout_steps"):
             con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
         if evals:
             # every stored field but the per-problem detail (texts included), old files' missing ones NULL
