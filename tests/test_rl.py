@@ -6,8 +6,8 @@ import pytest
 
 from distill.errors import ConfigError
 from distill.generators.problems import load_problems
-from distill.trainers.rl import (RLConfig, accuracy, as_reward, format_reward, language, load_rl_config,
-                                 load_rl_problems, run_id, train_rl)
+from distill.trainers.rl import (RLConfig, Rollouts, accuracy, as_reward, format_reward, language, load_rl_config,
+                                 load_rl_problems, run_id, stored_steps, train_rl)
 from distill.verifiers import verify_batch
 from distill.warehouse.schema import Trace, make_trace_id
 from distill.warehouse.store import Warehouse
@@ -64,6 +64,36 @@ def test_the_run_id_keeps_through_execution_keys_and_changes_with_training_keys(
     assert run_id(cfg) == run_id(cfg.replace(max_steps=50, resume=True, save_steps=5))
     assert run_id(cfg) != run_id(cfg.replace(learning_rate=1.0e-5))
     assert run_id(cfg).startswith("rl-t-")
+
+
+# -- rollouts as rows ------------------------------------------------------------------------------------
+class State:  # what TRL passes as `trainer_state`: the optimizer steps done so far
+    def __init__(self, global_step: int):
+        self.global_step = global_step
+
+
+def test_rollouts_are_scored_once_per_reward_and_stored_as_rows_of_the_step_they_train(tmp_path):
+    cfg = RLConfig.build({"name": "t", "max_completion_length": 4, "warehouse": str(tmp_path / "wh")})
+    wh = Warehouse(cfg.warehouse)
+    rollouts = Rollouts(cfg, wh, run_id(cfg), eos_token_id=2)
+    prompt = [{"role": "user", "content": "What is 3 + 4?"}]
+    texts = ["<think>3 plus 4 is 7.</think> \\boxed{7}", "\\boxed{8}", "<think>3 plus"]
+    kwargs = {"problem_id": ["p1", "p1", "p2"], "reference": ["7", "7", "???"], "question": ["q"] * 3,
+              "source": ["s"] * 3, "domain": ["math"] * 3}
+    rewards = {f.__name__: f(prompts=[prompt] * 3, completions=[said(t) for t in texts],
+                             completion_ids=[[5, 2], [5, 6, 2], [5, 6, 7, 8]], trainer_state=State(2), **kwargs)
+               for f in rollouts.reward_funcs()}
+    assert rewards == {"accuracy": [1.0, 0.0, None], "format": [1.0, 0.0, 0.0], "language": [1.0, 1.0, 1.0]}
+    rollouts.flush(2)
+    assert stored_steps(wh, run_id(cfg)) == []  # the batch trains step 3: not stored before that step ends
+    rollouts.flush(3)
+    wh.refresh()
+    _, rows = wh.query("SELECT scores['step'], scores['reward'], scores['reward_accuracy'], correct, verdict_reason, "
+                       "finish_reason, completion_tokens, kind FROM traces ORDER BY sample_index")
+    assert rows == [(3.0, 1.6, 1.0, True, "match", "stop", 2, "rollout"),
+                    (3.0, 0.1, 0.0, False, "mismatch", "stop", 3, "rollout"),
+                    # unverifiable: no accuracy term, the other rewards still count; cut at max_completion_length
+                    (3.0, 0.1, None, None, "unparseable_reference", "length", 4, "rollout")]
 
 
 # -- problems from a stored run's pass-rate band ------------------------------------------------------------
