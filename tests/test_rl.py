@@ -1,6 +1,5 @@
 """`distill rl`: GRPO with distill's verifiers as rewards, rollouts stored as warehouse rows, resume."""
 import json
-import shutil
 
 import pytest
 
@@ -152,43 +151,46 @@ def test_grpo_steps_change_the_weights_store_verified_rollouts_and_resume(tmp_pa
         "system_prompt": "Think step by step inside <think></think>, then give the final answer in \\boxed{}.",
         "few_shot": [{"question": "What is 12 + 25?", "answer": "<think>12 plus 25 is 37.</think>\n\\boxed{37}"}],
         "num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 20, "temperature": 1.0,
-        "learning_rate": 1.0e-5, "max_steps": 2, "save_steps": 1, "output_dir": str(tmp_path / "out"),
+        "learning_rate": 1.0e-5, "max_steps": 1, "save_steps": 1, "output_dir": str(tmp_path / "out"),
         "warehouse": str(tmp_path / "wh")})
     result = train_rl(cfg)
     wh, run = Warehouse(cfg.warehouse), result["run_id"]
-    assert result["global_step"] == 2
+    assert result["global_step"] == 1
 
     # every rollout is a row of its step; the accuracy reward is the verifier's verdict on the same completion
-    cols, rows = wh.query("SELECT scores['step']::INT, completion, reference, correct, scores['reward_accuracy'], "
-                          "scores['reward'] FROM traces WHERE run_id = ? AND kind = 'rollout' ORDER BY 1, sample_index",
-                          [run])
-    assert [r[0] for r in rows] == [1] * 4 + [2] * 4
+    query = ("SELECT scores['step']::INT, completion, reference, correct, scores['reward_accuracy'], scores['reward'] "
+             "FROM traces WHERE run_id = ? AND kind = 'rollout' ORDER BY 1, sample_index")
+    rows = wh.query(query, [run])[1]
+    assert [r[0] for r in rows] == [1] * 4
     verdicts = verify_batch("math", [(r[1], r[2]) for r in rows])
     assert [r[4] for r in rows] == [as_reward(v) for v in verdicts]
     assert [r[3] for r in rows] == [v.correct for v in verdicts]
-    # ... and what TRL logged per step is the mean of the stored rewards of that step
-    _, curve = wh.query("SELECT step, reward, accuracy FROM rollout_steps WHERE run_id = ? ORDER BY step", [run])
-    logged = {r["step"]: r for r in result["rewards"]}
-    for step, reward, acc in curve:
-        assert logged[step]["accuracy"] == pytest.approx(acc) and logged[step]["reward"] == pytest.approx(reward)
+    # ... and what TRL logged for the step is the mean of the stored rewards
+    (step, reward, acc), = wh.query("SELECT step, reward, accuracy FROM rollout_steps WHERE run_id = ?", [run])[1]
+    (logged,) = result["rewards"]
+    assert (logged["step"], logged["accuracy"], logged["reward"]) == (step, pytest.approx(acc), pytest.approx(reward))
     # rollouts are no samples: the generation views do not count them
     assert wh.query("SELECT count(*) FROM funnel WHERE run_id = ?", [run])[1] == [(0,)]
     assert wh.query("SELECT count(*) FROM accepted WHERE run_id = ?", [run])[1] == [(0,)]
 
-    # GRPO moved the weights (some group held a better and a worse completion, so some advantage was not 0)
-    assert wh.query("SELECT count(*) FROM (SELECT problem_id, scores['step'] FROM traces WHERE run_id = ? "
-                    "GROUP BY ALL HAVING stddev_pop(scores['reward']) > 0)", [run])[1][0][0] > 0
+    # GRPO moved the weights (a group held a better and a worse completion, so some advantage was not 0)
+    assert wh.query("SELECT count(*) FROM (SELECT problem_id FROM traces WHERE run_id = ? GROUP BY ALL "
+                    "HAVING stddev_pop(scores['reward']) > 0)", [run])[1][0][0] > 0
     before = load_file(f"{resolve_model(cfg.model)}/model.safetensors")
     after = load_file(f"{cfg.output_dir}/model.safetensors")
     assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)
 
-    # A crash after step 2's rollouts were stored but before its checkpoint: resume trains step 2 again from
-    # checkpoint-1 and replaces its rollouts; nothing is stored twice
-    shutil.rmtree(tmp_path / "out" / "checkpoint-2")
-    again = train_rl(cfg.replace(resume=True))
+    # A crash after step 2's rollouts were stored but before its checkpoint (the fault, injected: a part of step 2
+    # and no checkpoint-2). Resume continues from checkpoint-1 at step 2 and replaces them; nothing is stored twice.
+    stale = wh.read_part(run, 1)
+    for t in stale:
+        t.completion, t.scores = "stale", {**t.scores, "step": 2.0}
+    wh.write_part(run, 2, stale)
+    again = train_rl(cfg.replace(resume=True, max_steps=2))
     assert (again["run_id"], again["resumed_from"], again["global_step"]) == (run, 1, 2)
-    assert [s for s, in wh.query("SELECT scores['step']::INT FROM traces WHERE run_id = ? AND kind = 'rollout' "
-                                 "ORDER BY 1", [run])[1]] == [1] * 4 + [2] * 4
+    rows = wh.query(query, [run])[1]
+    assert [r[0] for r in rows] == [1] * 4 + [2] * 4 and "stale" not in [r[1] for r in rows]
+    assert [r[4] for r in rows] == [as_reward(v) for v in verify_batch("math", [(r[1], r[2]) for r in rows])]
     record = json.loads((tmp_path / "wh" / "runs" / f"{run}.json").read_text())
     assert record["status"] == "finished" and [c["from_step"] for c in record["calls"]] == [0, 1]
     assert wh.query("SELECT status FROM runs WHERE run_id = ?", [run])[1] == [("finished",)]
