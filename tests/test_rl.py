@@ -194,3 +194,22 @@ def test_grpo_steps_change_the_weights_store_verified_rollouts_and_resume(tmp_pa
     record = json.loads((tmp_path / "wh" / "runs" / f"{run}.json").read_text())
     assert record["status"] == "finished" and [c["from_step"] for c in record["calls"]] == [0, 1]
     assert wh.query("SELECT status FROM runs WHERE run_id = ?", [run])[1] == [("finished",)]
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["rl", "no-such.yaml"], "error: rl recipe not found: no-such.yaml"),
+    (["rl", str(ROOT / "recipes" / "rl-default.yaml"), "--set", "num_generation=4"],
+     "error: --set: unknown key 'num_generation' — did you mean 'num_generations'?"),
+    (["rl", str(ROOT / "recipes" / "rl-default.yaml"), "--set", "num_generations=3"],
+     "error: rl key 'num_generations': expected a whole number >= 2 that divides"),
+])
+def test_distill_rl_bad_input_is_one_line_and_exit_2(argv, text, monkeypatch, capsys):
+    import sys
+
+    from distill.flows import cli
+
+    monkeypatch.setattr(sys, "argv", ["distill", *argv])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith(text) and "\n" not in err
