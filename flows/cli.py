@@ -329,7 +329,8 @@ FORMATS = ("table", "csv", "json", "parquet")
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL over the views traces, accepted, problems, pass_rates, difficulty, "
-                                "funnel, filter_funnel, journeys, verdict_disagreements, ratings, runs, evals."),
+                                "funnel, filter_funnel, journeys, verdict_disagreements, ratings, rollout_steps, "
+                                "runs, evals."),
     warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | json | parquet (default: from --out's "
                                       "suffix, else table)."),

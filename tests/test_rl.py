@@ -50,6 +50,7 @@ def test_the_example_recipe_loads():
     ({"num_generations": 3}, "rl key 'num_generations': expected a whole number >= 2 that divides"),
     ({"reward_weights": {"accuracy": 1.0, "style": 1.0}}, "rl key 'reward_weights': expected a mapping of accuracy"),
     ({"verifier": "maths"}, "rl key 'verifier': expected one of code, countdown, format, math"),
+    ({"verifier": "math+judge"}, "an LLM judge is not an RL reward here"),
     ({"learning_rate": "1e-5"}, "YAML reads 1e-5 as text"),
 ])
 def test_a_bad_rl_key_is_one_clear_line(change, says):

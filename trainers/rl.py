@@ -111,7 +111,7 @@ class RLConfig(Config):
     system_prompt: str | None = key(None, "System message of every prompt.")
     few_shot: list = key(help="Example turns shown before each problem: a list of {question, answer}.", factory=list)
     prompt_template: str = key("{question}", "User message; {question} is replaced.")
-    verifier: str = key("math", "Verifier behind the accuracy reward.", expected="a known verifier")
+    verifier: str = key("math", "Verifier behind the accuracy reward: math, code, countdown or format.")
     reward_weights: dict = key(help="Rewards and their weights, summed into the reward GRPO maximises: accuracy "
                                     "(the verifier; None when it cannot check), format (<think>…</think> answer), "
                                     "language (share of the reasoning in `language`).",
@@ -162,8 +162,9 @@ class RLConfig(Config):
     @field_validator("verifier")
     @classmethod
     def _verifier(cls, v):
-        if v not in VERIFIERS:
-            raise ValueError(f"one of {', '.join(sorted(VERIFIERS))}")
+        rules = sorted(n for n in VERIFIERS if n != "judge")  # a judge needs a server per batch: no reward here
+        if v not in rules:
+            raise ValueError(f"one of {', '.join(rules)} (rule-based verifiers; an LLM judge is not an RL reward here)")
         return v
 
     @field_validator("reward_weights")
