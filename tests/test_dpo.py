@@ -126,3 +126,10 @@ def test_masked_labels_are_minus_100_exactly_over_the_prompt_and_the_wrong_path(
     assert mask_labels(ids, offsets, 1) == [-100, 12, 13, 14, 15, 16]  # full: only the prompt is out
     # a token that straddles the span's end is out too: part of it is the wrong path
     assert mask_labels(ids, offsets, 1, [(2, 7)]) == [-100, -100, -100, 14, 15, 16]
+
+
+def test_pipeline_masked_students_train_on_their_variants_rows():
+    from distill.flows.pipeline import PipelineConfig, data_variant
+
+    cfg = PipelineConfig.build({"students": ["shortcut", "mixed", "mixed-masked"]})
+    assert [data_variant(s) for s in cfg.students] == ["shortcut", "mixed", "mixed"]
