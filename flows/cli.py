@@ -439,10 +439,13 @@ def export(
     runs_: Optional[str] = typer.Option(None, "--runs", help="Comma-separated run ids (default: all runs)."),
     where: Optional[str] = typer.Option(None, "--where", help="SQL predicate on traces, e.g. \"completion_tokens < 500\"."),
     variant: str = typer.Option("shortcut", "--variant", help="shortcut (correct paths only) | journey "
-                                "(wrong path, noticed, then a correct path) | mixed (both)."),
+                                "(wrong path, noticed, then a correct path) | mixed (both) | dpo (prompt, chosen: "
+                                "a kept correct sample, rejected: a wrong one of the same problem)."),
     test_size: float = typer.Option(0.0, "--test-size", help="Share of problems in a test split (0 = train only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/test split and of sampling within --mix sources."),
     max_wrong: int = typer.Option(1, "--max-wrong", help="journey: most wrong paths before the correct one."),
+    pairs_per_problem: int = typer.Option(1, "--pairs-per-problem", help="dpo: most pairs per problem (the i-th "
+                                          "correct with the i-th wrong sample, in sample order)."),
     difficulty_min: Optional[float] = typer.Option(None, "--difficulty-min", help="Only problems at least this hard "
                                                    "in their run: 0 easy … 1 hard (1 - pass rate, the difficulty "
                                                    "view)."),
@@ -465,7 +468,7 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an earlier export included)."),
     warehouse: str = typer.Option("./distill-data", "--warehouse", help=ROOT_HELP),
 ):
-    """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, or a mix of runs and chat files, in curriculum order if asked, with a card; optionally push it."""
+    """Export a dataset ({"messages": [...]}): kept traces (shortcut) or journeys, or a mix of runs and chat files, in curriculum order if asked, or preference pairs (dpo), with a card; optionally push it."""
     from distill.warehouse.export import export as do_export, push_to_hub
     from distill.warehouse.store import Warehouse
 
@@ -474,9 +477,9 @@ def export(
     command = shlex.join(["distill", *sys.argv[1:]])
     result = do_export(warehouse, out_dir, runs=[r.strip() for r in runs_.split(",") if r.strip()] if runs_ else None,
                        where=where, variant=variant, test_size=test_size, seed=seed, max_wrong=max_wrong,
-                       difficulty_min=difficulty_min, difficulty_max=difficulty_max, order=order, difficulty_by=difficulty_by,
-                       mix=mix or None,
-                       total=total, chat_think=chat_think, command=command, overwrite=overwrite)
+                       difficulty_min=difficulty_min, difficulty_max=difficulty_max, order=order,
+                       difficulty_by=difficulty_by, mix=mix or None, total=total, chat_think=chat_think,
+                       pairs_per_problem=pairs_per_problem, command=command, overwrite=overwrite)
     for warning in result.warnings:
         err.print(f"warning: {warning}", highlight=False)
     out.print(f"exported {', '.join(f'{k}: {v} rows' for k, v in result.splits.items())} → {result.out} "
@@ -639,7 +642,7 @@ def train(
     recipe: Path = typer.Argument(..., help="Training recipe YAML, e.g. recipes/train-default.yaml."),
     set_: list[str] = typer.Option([], "--set", help="Override a training key: --set max_steps=20 (repeatable)."),
 ):
-    """Fine-tune a student on distilled traces (TRL SFT; full or LoRA; loss on the assistant's tokens)."""
+    """Fine-tune a student: SFT on distilled traces (loss on the assistant's tokens, journeys' wrong paths optionally masked), DPO on right/wrong pairs or on-policy distillation from a teacher; full or LoRA."""
     from distill.config import parse_set
     from distill.trainers.sft import load_train_config, train as do_train
 

@@ -35,6 +35,14 @@ TRAIN_DEFAULTS = {"per_device_train_batch_size": 8, "learning_rate": 1e-4, "num_
                   "max_length": 256, "logging_steps": 10, "save_steps": 1000}
 
 
+STUDENTS = ("shortcut", "journey", "mixed", "journey-masked", "mixed-masked")
+
+
+def data_variant(student: str) -> str:
+    """The export variant a student trains on: a masked student shares its variant's rows."""
+    return student.removesuffix("-masked")
+
+
 class PipelineConfig(Config):
     """A pipeline recipe (flat YAML, every key optional)."""
 
@@ -46,7 +54,9 @@ class PipelineConfig(Config):
     journey: Literal["template", "teacher"] = key("teacher", "How journeys are built: template | teacher.",
                                                   expected="template or teacher")
     students: list = key(help="Students to train, by data variant: shortcut (correct paths), journey (journeys "
-                              "only), mixed (both).", factory=lambda: ["shortcut", "mixed"])
+                              "only), mixed (both); journey-masked and mixed-masked train on the same rows with "
+                              "the wrong paths out of the loss (journey_loss: masked).",
+                         factory=lambda: ["shortcut", "mixed"])
     student: str | None = key(None, "Model the students start from (default: the teacher's base model, the "
                                     "generation recipe's model).")
     train: dict = key(help="Training keys (see the training recipe reference) shared by every student; keys not "
@@ -67,8 +77,8 @@ class PipelineConfig(Config):
     @field_validator("students")
     @classmethod
     def _students(cls, v):
-        if not v or any(s not in ("shortcut", "journey", "mixed") for s in v):
-            raise ValueError("a list of shortcut, journey, mixed")
+        if not v or any(s not in STUDENTS for s in v):
+            raise ValueError("a list of " + ", ".join(STUDENTS))
         return v
 
 
@@ -197,7 +207,9 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
     # 2. export each student's data from this run
     t0 = time.time()
     wh = Warehouse(recipe.execution.warehouse)
-    examples = {v: export_task(recipe.execution.warehouse, run_id, out / "data" / v, v) for v in cfg.students}
+    exported = {v: export_task(recipe.execution.warehouse, run_id, out / "data" / v, v)
+                for v in dict.fromkeys(map(data_variant, cfg.students))}
+    examples = {v: exported[data_variant(v)] for v in cfg.students}
     timings["export"] = time.time() - t0
 
     # 3. train: same base, same settings, different data
@@ -205,8 +217,10 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
     trained = {}
     for v in cfg.students:
         t0 = time.time()
-        settings = {**TRAIN_DEFAULTS, **cfg.train,
-                    "data": str(out / "data" / v), "model": student_base, "output_dir": str(out / "students" / v)}
+        settings = {**TRAIN_DEFAULTS, **cfg.train, "data": str(out / "data" / data_variant(v)), "model": student_base,
+                    "output_dir": str(out / "students" / v)}
+        if v.endswith("-masked"):
+            settings["journey_loss"] = "masked"
         trained[v] = train_task(settings)
         timings[f"train_{v}"] = time.time() - t0
 

@@ -18,13 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill.warehouse import mix as mixes
-from distill.warehouse.journey import template_journeys
-from distill.warehouse.schema import MESSAGE
+from distill.warehouse.journey import template_journeys, wrong_path_spans
+from distill.warehouse.schema import MESSAGE, THINK_CLOSE
 from distill.warehouse.store import Warehouse, check_read_only
 from distill.errors import DistillError
 from distill.files import replacing
 
-VARIANTS = ("shortcut", "journey", "mixed")  # mixed: the shortcut rows and the journey rows
+VARIANTS = ("shortcut", "journey", "mixed", "dpo")  # mixed: the shortcut rows and the journey rows
 MARKER = "<!-- made by distill export -->"
 # Known sources' licenses, for the card; anything else is listed as "see source".
 LICENSES = {"gsm8k": "MIT", "math500": "MIT", "game24": "MIT", "humaneval": "MIT", "mbpp": "CC-BY-4.0",
@@ -40,6 +40,24 @@ ROW_SCHEMA = pa.schema([
     ("reference", pa.string()),
     ("completion_tokens", pa.int32()),
     ("parents", pa.list_(pa.string())),
+    # journey rows: the character spans of the assistant message that are wrong paths (what `journey_loss: masked`
+    # leaves out of the loss); empty for other rows, absent from exports made before it existed
+    ("wrong_spans", pa.list_(pa.struct([("start", pa.int32()), ("end", pa.int32())]))),
+])
+
+# dpo: TRL's conversational preference shape (prompt, chosen, rejected), which DPOTrainer reads with no adapter
+PAIR_SCHEMA = pa.schema([
+    ("prompt", pa.list_(MESSAGE)),
+    ("chosen", pa.list_(MESSAGE)),
+    ("rejected", pa.list_(MESSAGE)),
+    ("trace_id", pa.string()),  # the pair's id: a hash of its two samples' ids
+    ("problem_id", pa.string()),
+    ("run_id", pa.string()),
+    ("source", pa.string()),
+    ("teacher", pa.string()),
+    ("reference", pa.string()),
+    ("rejected_answer", pa.string()),  # what the verifier extracted from the wrong sample
+    ("parents", pa.list_(pa.string())),  # [chosen trace_id, rejected trace_id]
 ])
 
 
@@ -49,7 +67,14 @@ VARIANT_TEXT = {
                "mistake, then a verified-correct path (see the run's journey mode).",
     "mixed": "the verified-correct chains of thought and the journeys (a wrong path, noticed, then a verified-correct "
              "path) together.",
+    "dpo": "preference pairs: a verified-correct, kept sample (chosen) and a sample of the same problem and run the "
+           "verifier judged wrong (rejected).",
 }
+PAIR_RULES = ("Pairs: per problem and run, the kept verified-correct samples (`correct AND kept`) and the wrong ones "
+              "(`correct = false`, never unverifiable ones, never truncated ones: `finish_reason = 'length'` has no "
+              "answer to be wrong), each in sample_index order; the i-th correct is paired with the i-th wrong, at most "
+              "{k} pair(s) per problem. Both sides are written as the shortcut rows are (`<think>\\n…\\n</think>\\n\\n` "
+              "then the answer); a wrong sample that never closed its `</think>` is written as the teacher wrote it.")
 
 
 
@@ -107,15 +132,49 @@ def _select(wh: Warehouse, runs: list[str] | None, where: str | None, kept_only:
 
 
 def _row(t: dict, reasoning: str, parents: list[str]) -> dict:
+    # the reasoning starts right after "<think>\n" in the assistant message (assistant_text)
+    shift = len("<think>\n")
+    spans = [{"start": shift + a, "end": shift + b} for a, b in wrong_path_spans(t)] if t.get("kind") == "journey" else []
     return {"messages": [{"role": "user", "content": question_of(t["prompt"])},
                          {"role": "assistant", "content": assistant_text(reasoning, t["answer"])}],
             "trace_id": t["trace_id"], "problem_id": t["problem_id"], "run_id": t["run_id"],
             "source": t["source"], "teacher": t["teacher"], "reference": t["reference"],
-            "completion_tokens": t["completion_tokens"], "parents": parents}
+            "completion_tokens": t["completion_tokens"], "parents": parents, "wrong_spans": spans}
 
 
 def shortcut_rows(rows: list[dict]) -> list[dict]:
     return [_row(t, t["reasoning"], []) for t in rows]
+
+
+def pair_rows(selected: list[dict], per_problem: int = 1) -> list[dict]:
+    """dpo: preference pairs of the selected samples, chosen by PAIR_RULES (deterministic: sample_index order)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in selected:
+        groups.setdefault((t["run_id"], t["problem_id"]), []).append(t)
+    rows = []
+    for key in sorted(groups):
+        group = sorted(groups[key], key=lambda t: (t["sample_index"], t["trace_id"]))
+        right = [t for t in group if t["correct"] is True and t["kept"]]
+        wrong = [t for t in group if t["correct"] is False and t["finish_reason"] != "length"]
+        for c, w in list(zip(right, wrong))[:per_problem]:
+            # a wrong sample that never closed its reasoning is shown as written, not given a `</think>` it lacked
+            rejected = (assistant_text(w["reasoning"], w["answer"]) if THINK_CLOSE in (w.get("completion") or "")
+                        else (w.get("completion") or "").strip())
+            rows.append({"prompt": [{"role": "user", "content": question_of(c["prompt"])}],
+                         "chosen": [{"role": "assistant", "content": assistant_text(c["reasoning"], c["answer"])}],
+                         "rejected": [{"role": "assistant", "content": rejected}],
+                         "trace_id": hashlib.sha256(f"dpo\x1f{c['trace_id']}\x1f{w['trace_id']}".encode()).hexdigest()[:24],
+                         "problem_id": c["problem_id"], "run_id": c["run_id"], "source": c["source"],
+                         "teacher": c["teacher"], "reference": c["reference"], "rejected_answer": w["extracted_answer"],
+                         "parents": [c["trace_id"], w["trace_id"]]})
+    return rows
+
+
+def pairable(selected: list[dict]) -> tuple[int, int]:
+    """(problems selected, problems with both a kept correct and a wrong sample): what a dpo export can pair."""
+    right = {(t["run_id"], t["problem_id"]) for t in selected if t["correct"] is True and t["kept"]}
+    wrong = {(t["run_id"], t["problem_id"]) for t in selected if t["correct"] is False and t["finish_reason"] != "length"}
+    return len({(t["run_id"], t["problem_id"]) for t in selected}), len(right & wrong)
 
 
 def journey_rows(wh: Warehouse, selected: list[dict], runs: list[str] | None, where: str | None,
@@ -158,9 +217,11 @@ def difficulties(wh: Warehouse, basis: str = "pass_rate") -> dict[tuple[str, str
 
 
 def export_rows(wh: Warehouse, runs: list[str] | None, where: str | None, variant: str,
-                max_wrong: int) -> tuple[list[dict], list[dict]]:
+                max_wrong: int, pairs_per_problem: int = 1) -> tuple[list[dict], list[dict]]:
     """The samples selected from these runs, and the dataset rows made of them for the variant."""
     selected = _select(wh, runs, where, kept_only=variant == "shortcut")
+    if variant == "dpo":
+        return selected, pair_rows(selected, pairs_per_problem)
     rows = [] if variant == "journey" else shortcut_rows([t for t in selected if t["kept"]])
     if variant != "shortcut":
         rows = sorted(rows + journey_rows(wh, selected, runs, where, max_wrong), key=lambda r: r["trace_id"])
@@ -170,14 +231,19 @@ def export_rows(wh: Warehouse, runs: list[str] | None, where: str | None, varian
 def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, where: str | None = None,
            variant: str = "shortcut", test_size: float = 0.0, seed: int = 0, max_wrong: int = 1,
            difficulty_min: float | None = None, difficulty_max: float | None = None, order: str = "trace_id",
-           difficulty_by: str = "pass_rate", mix: list[str] | None = None, total: int | None = None, chat_think: str = "empty",
-           command: str | None = None, overwrite: bool = False) -> ExportResult:
+           difficulty_by: str = "pass_rate", mix: list[str] | None = None, total: int | None = None,
+           chat_think: str = "empty", pairs_per_problem: int = 1, command: str | None = None,
+           overwrite: bool = False) -> ExportResult:
     """Write the dataset. `difficulty_min/max` keep warehouse rows whose problem's difficulty in its run is in
     range (0 easy … 1 hard); `order` is trace_id or difficulty (easy → hard, ties by trace_id); `mix` is
     `SOURCE=SPEC` items or one mix.yaml (warehouse/mix.py), with `total` for weights and `chat_think` for
-    chat files' rows."""
+    chat files' rows; `pairs_per_problem` is the dpo variant's most pairs per problem (PAIR_RULES)."""
     if variant not in VARIANTS:
-        raise DistillError(f"--variant must be shortcut, journey or mixed, got {variant!r}")
+        raise DistillError(f"--variant must be shortcut, journey, mixed or dpo, got {variant!r}")
+    if pairs_per_problem < 1:
+        raise DistillError(f"--pairs-per-problem must be >= 1, got {pairs_per_problem}")
+    if variant == "dpo" and mix:
+        raise DistillError("--variant dpo does not mix: chat files hold no wrong answers to pair (use --runs)")
     if not 0 <= test_size < 1:
         raise DistillError(f"--test-size must be in [0, 1), got {test_size}")
     if order not in ORDERS:
@@ -233,9 +299,14 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
         rows, warnings = mixes.take(sources, candidates, seed)
         used_runs = sorted(s.name for s in sources if s.kind == "run" and s.taken)
     else:
-        selected, rows = export_rows(wh, runs, where, variant, max_wrong)
+        selected, rows = export_rows(wh, runs, where, variant, max_wrong, pairs_per_problem)
         rows = in_range(rows)
         used_runs = sorted({r["run_id"] for r in selected})
+    if not rows and variant == "dpo" and not mix:
+        problems, both = pairable(selected)
+        raise DistillError(f"no preference pairs: {both} of {problems} selected problems have both a kept verified-"
+                           f"correct sample and a wrong (not truncated) one (runs={runs or 'all'}, where={where!r}"
+                           + (f", difficulty in [{lo}, {hi}])" if filtered else ")"))
     if not rows:
         hint = "" if variant == "shortcut" else " (journey rows need problems with both a wrong and a kept sample)"
         limits = f", difficulty in [{lo}, {hi}]" if filtered else ""
@@ -253,13 +324,14 @@ def export(root: str | Path, out: str | Path, *, runs: list[str] | None = None, 
     # Write next to the target and swap it in: an export that fails halfway leaves the old one.
     card = dataset_card(wh, used_runs, {k: len(v) for k, v in splits.items()}, variant=variant, where=where,
                         test_size=test_size, seed=seed, max_wrong=max_wrong, command=command,
+                        pairs_per_problem=pairs_per_problem,
                         shaping=shaping_lines(filtered, lo, hi, out_of_range, order, difficulty_by),
                         mix=mixes.card_lines(sources, total, seed, chat_think) if sources else [],
                         chat_sources=[(s.path.name, s.problems) for s in sources or [] if s.kind == "chat" and s.taken])
     with replacing(out) as tmp:
         (tmp / "data").mkdir(parents=True)
         for name, part in sorted(splits.items()):
-            pq.write_table(pa.Table.from_pylist(part, schema=ROW_SCHEMA),
+            pq.write_table(pa.Table.from_pylist(part, schema=PAIR_SCHEMA if variant == "dpo" else ROW_SCHEMA),
                            tmp / "data" / f"{name}-00000-of-00001.parquet", compression="zstd")
         (tmp / "README.md").write_text(card)
     return ExportResult(out, {k: len(v) for k, v in sorted(splits.items())}, card, warnings)
@@ -278,7 +350,8 @@ def shaping_lines(filtered: bool, lo: float, hi: float, dropped: int, order: str
 
 
 def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *, variant: str, where: str | None,
-                 test_size: float, seed: int, max_wrong: int, command: str | None, shaping: list[str] = (),
+                 test_size: float, seed: int, max_wrong: int, command: str | None, pairs_per_problem: int = 1,
+                 shaping: list[str] = (),
                  mix: list[str] = (), chat_sources: list[tuple[str, int]] = ()) -> str:
     from importlib import metadata
 
@@ -316,8 +389,12 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
         f"Made with distill {version} from the warehouse runs {', '.join(f'`{r}`' for r in runs) or '(none)'}"
         + (" and chat files (see Mix)." if mix else "."),
         f"Variant: **{variant}** — " + VARIANT_TEXT[variant],
-        "Rows are chat `messages` (user question, assistant `<think>…</think>` then the answer), the shape TRL's "
-        "SFTTrainer reads directly.",
+        ("Rows are TRL's conversational preference shape: `prompt` (the user question), `chosen` and `rejected` "
+         "(one assistant message each), which DPOTrainer reads directly." if variant == "dpo" else
+         "Rows are chat `messages` (user question, assistant `<think>…</think>` then the answer), the shape TRL's "
+         "SFTTrainer reads directly." + (" `wrong_spans` marks the characters of the assistant message that are wrong "
+                                         "paths (`journey_loss: masked` leaves them out of the loss)."
+                                         if variant in ("journey", "mixed") else "")),
         "",
         "## Splits",
         "",
@@ -329,6 +406,8 @@ def dataset_card(wh: Warehouse, runs: list[str], split_counts: dict[str, int], *
         "",
         "## How it was made",
         "",
+        (f"Selection: all samples (`kind = 'sample'`){f', where `{where}`' if where else ''}. "
+         + PAIR_RULES.format(k=pairs_per_problem)) if variant == "dpo" else
         "Selection: " + ("kept samples (`kind = 'sample' AND kept`)" if variant != "journey" else "")
         + (" and " if variant == "mixed" else "")
         + ("kept journeys (`kind = 'journey' AND kept`, or template journeys built from the samples when the run "

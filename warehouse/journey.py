@@ -15,6 +15,7 @@ This module holds the text and the rows; `flows/journey.py` runs the teacher and
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 from distill.warehouse.schema import Trace, sampling_json
@@ -161,3 +162,35 @@ def template_journeys(rows: list[dict], max_wrong: int = 1, per_problem: int | N
                 verifier=c["verifier"], verdict_reason=c["verdict_reason"], extracted=c["extracted_answer"],
                 cost_usd=0.0))  # no teacher call: its samples' costs are on their own rows
     return sorted(out, key=lambda t: t.trace_id)
+
+
+def wrong_path_spans(journey: dict) -> list[tuple[int, int]]:
+    """Character spans of a journey row's reasoning (as stored: stripped) that are wrong paths.
+
+    Both modes join their parts with blank lines, and a cut wrong path never holds a line break
+    (`cut_wrong_path` joins its steps with spaces), so the parts are found again by position:
+    - template: wrong path, reflection, wrong path, reflection, …, correct path — one wrong path per
+      parent but the last (the correct sample); the reflections are the noticing and stay out of the spans;
+    - teacher: the sample's wrong path, then the teacher's wrong branches (`branches` in its sampling
+      column counts all of them), then the continuation that notices the mistake and reaches the answer.
+    A row whose parts are not where its mode puts them gets no spans (nothing masked) rather than wrong ones.
+    """
+    sampling = json.loads(journey.get("sampling") or "{}")
+    mode = sampling.get("journey")
+    if mode == "template":
+        wrong = [2 * i for i in range(max(len(journey.get("parents") or []) - 1, 0))]
+    elif mode == "teacher":
+        wrong = list(range(int(sampling.get("branches", 1))))
+    else:
+        return []
+    text = (journey.get("reasoning") or "").strip()
+    spans, start = [], 0
+    while True:  # the parts' spans, in order
+        end = text.find("\n\n", start)
+        spans.append((start, len(text) if end < 0 else end))
+        if end < 0:
+            break
+        start = end + 2
+    if not wrong or len(spans) <= wrong[-1]:  # the correct path must follow the last wrong one
+        return []
+    return [spans[i] for i in wrong]
