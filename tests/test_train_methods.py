@@ -32,13 +32,30 @@ def test_dpo_two_steps_on_pairs_change_the_weights(pairs_wh, tmp_path):  # noqa:
     assert not torch.equal(weights(out), weights(Path(resolve_model("smollm2-135m"))))
 
 
-def test_distill_two_steps_with_the_model_as_its_own_teacher_log_a_loss(pairs_wh, tmp_path):  # noqa: F811
-    result = train(TrainConfig(data="warehouse", warehouse=str(pairs_wh), method="distill",
-                               teacher_model="smollm2-135m", max_completion_length=8, output_dir=str(tmp_path / "d"),
+def test_distill_two_steps_pull_a_student_towards_its_teacher(pairs_wh, tmp_path):  # noqa: F811
+    """The embedded model teaches a copy of itself whose last layer was disturbed (same tokenizer, other
+    logits): the divergence it trains on is above zero, and the student's weights move."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = Path(resolve_model("smollm2-135m"))
+    student = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        w = student.model.layers[-1].mlp.down_proj.weight
+        w.add_(torch.randn_like(w) * w.std() * 2)
+    student.save_pretrained(tmp_path / "student")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "student")
+    out = tmp_path / "d"
+    result = train(TrainConfig(data="warehouse", warehouse=str(pairs_wh), method="distill", model=str(tmp_path / "student"),
+                               teacher_model="smollm2-135m", max_completion_length=8, output_dir=str(out),
                                **{**TINY, "per_device_train_batch_size": 1}))
     # the prompts of the kept rows, each once: p0, p1, p3
     assert result["global_step"] == 2 and result["examples"] == 3
-    assert len(result["losses"]) == 2 and all(loss == loss and loss >= 0 for loss in result["losses"])
+    assert len(result["losses"]) == 2 and all(loss > 0 for loss in result["losses"]), result["losses"]
+    name = "model.layers.29.mlp.down_proj.weight"
+    assert not torch.equal(weights(out, name), weights(tmp_path / "student", name))
 
 
 def test_distill_refuses_a_teacher_with_another_tokenizer(pairs_wh, tmp_path):  # noqa: F811
