@@ -406,6 +406,19 @@ def start_record(wh: Warehouse, recipe: Recipe, run_id: str, command: str | None
     return run, call, calls, by_shard, previous
 
 
+def fold_shard(counts: dict, by_shard: dict, timings: dict[str, float], call: dict,
+               keys: tuple[str, ...] = ()) -> None:
+    """A finished shard into this call's record: its filter report (and when it was made: several workers'
+    reports are merged by it), its timings, and its counts under `keys` and the judge's."""
+    by_shard[counts["shard"]] = {"shard": counts["shard"], "filters": counts["filter_reports"],
+                                 "at": datetime.now(timezone.utc).isoformat()}
+    for k, v in counts["timings"].items():
+        timings[k] = timings.get(k, 0.0) + v
+    call["shards_done"] += 1
+    for k in (*keys, "judge_calls", "judge_cached"):
+        call[k] += counts[k]
+
+
 def write_record(wh: Warehouse, run: dict, calls: list[dict], by_shard: dict, timings: dict[str, float],
                  started: float, worker: int = 0, workers: int = 1) -> None:
     """Write the record as it stands: after each shard too, so a killed call loses no finished shard's report."""
@@ -478,14 +491,9 @@ def generate(recipe: Recipe, run_id: str, base_dir: Path | None = None, command:
                         bar.update(1)
                         continue
                     failures += counts["failures"]
-                    by_shard[counts["shard"]] = {"shard": counts["shard"], "filters": counts["filter_reports"],
-                                                 "at": datetime.now(timezone.utc).isoformat()}
-                    for k, v in counts["timings"].items():
-                        timings[k] = timings.get(k, 0.0) + v
-                    call["shards_done"] += 1
-                    for k in ("generated", "reused", "recovered", "teacher_calls", "completion_tokens", "judge_calls",
-                              "judge_cached"):
-                        call[k] += counts[k]  # completion_tokens: what the teacher generated in this call
+                    # completion_tokens: what the teacher generated in this call
+                    fold_shard(counts, by_shard, timings, call, ("generated", "reused", "recovered", "teacher_calls",
+                                                                 "completion_tokens"))
                     call["reused_from"] = sorted(set(call["reused_from"]) | set(counts["reused_from"]))
                     run["failed_samples"] = len(failures)
                     run["failures"] = failures[:100]  # the first ones, with the backend's error; the count is exact

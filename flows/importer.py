@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from distill.errors import DistillError
 from distill.flows.dedup import global_step
-from distill.flows.generate import (finish_shard, plan_shards, shard_key, start_record, summary_artifact,
+from distill.flows.generate import (finish_shard, fold_shard, plan_shards, shard_key, start_record, summary_artifact,
                                     task_runner_for, write_record)
 from distill.flows.logs import terminal
 from distill.flows.recipe import Recipe
@@ -130,13 +130,7 @@ def import_traces(recipe: Recipe, run_id: str, base_dir: Path | None = None, com
                 errors.append(e)
                 bar.update(1)
                 continue
-            by_shard[counts_["shard"]] = {"shard": counts_["shard"], "filters": counts_["filter_reports"],
-                                          "at": datetime.now(timezone.utc).isoformat()}
-            for k, v in counts_["timings"].items():
-                timings[k] = timings.get(k, 0.0) + v
-            call["shards_done"] += 1
-            for k in ("judge_calls", "judge_cached"):
-                call[k] += counts_[k]
+            fold_shard(counts_, by_shard, timings, call)
             record()
             bar.update(1)
             bar.set_postfix(samples=counts_["samples"], kept=counts_["kept"], refresh=False)
