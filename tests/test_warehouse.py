@@ -22,6 +22,17 @@ def test_empty_warehouse_has_queryable_views(tmp_path):
     assert wh.query("select count(*) from traces")[1] == [(0,)]
     assert wh.query("select count(*) from funnel")[1] == [(0,)]
     assert wh.query("select count(*) from runs")[1] == [(0,)]
+    # parts can be stored before the first record (and on a store a reader lists them then): the record's
+    # fields are columns already, with no rows
+    assert wh.query("select status, samples_generated, teacher from runs")[1] == []
+
+
+def test_parts_before_any_record_leave_runs_queryable_and_empty(tmp_path, make_trace):
+    wh = Warehouse(tmp_path)
+    wh.write_part("r1", 0, traces_for(make_trace, "r1", 4))
+    wh.refresh()
+    assert wh.query("select count(*) from traces")[1] == [(4,)]
+    assert wh.query("select run_id, status, samples_generated from runs")[1] == []
 
 
 def test_parts_runs_and_views(tmp_path, make_trace):

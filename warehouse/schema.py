@@ -219,3 +219,14 @@ def from_table(table: pa.Table) -> list[Trace]:
         r["scores"] = dict(r["scores"] or [])
         r["parents"] = r["parents"] or []
     return [Trace(**{k: r[k] for k in SCHEMA.names if k in r}) for r in rows]
+
+# The run record's scalar fields (flows/generate.py: start_record, write_record), as the `runs` view has
+# them before any record is stored: a query naming them then gets no rows, not a binder error (parts can
+# be on a store before the first record is).
+RUN_COLUMNS = (
+    ("run_id", "VARCHAR"), ("recipe_name", "VARCHAR"), ("command", "VARCHAR"), ("status", "VARCHAR"),
+    ("started_at", "VARCHAR"), ("finished_at", "VARCHAR"), ("backend", "VARCHAR"), ("teacher", "VARCHAR"),
+    ("git_sha", "VARCHAR"), ("problems", "BIGINT"), ("shards", "BIGINT"), ("shards_resumed", "BIGINT"),
+    ("error", "VARCHAR"), ("failed_samples", "BIGINT"), ("samples_generated", "BIGINT"),
+    ("samples_reused", "BIGINT"), ("teacher_calls", "BIGINT"),
+)

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 
 from distill.errors import DistillError
 from distill.files import remove_leftovers, replacing, write_text
-from distill.warehouse.schema import (DECISIONS_SCHEMA, JUDGE_CACHE_SCHEMA, RATINGS_SCHEMA, SCHEMA, Trace, from_table,
-                                      to_table)
+from distill.warehouse.schema import (DECISIONS_SCHEMA, JUDGE_CACHE_SCHEMA, RATINGS_SCHEMA, RUN_COLUMNS, SCHEMA,
+                                      Trace, from_table, to_table)
 from distill.warehouse.storage import Storage
 
 # Queries the catalog answers. `funnel` counts one run's way from problems to kept samples.
@@ -528,7 +528,8 @@ class Warehouse:
             con.execute(f"CREATE OR REPLACE VIEW runs AS SELECT * FROM read_json({runs}, union_by_name = true, "
                         "format = 'auto')")
         else:
-            con.execute("CREATE OR REPLACE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
+            empty = ", ".join(f"NULL::{t} AS {c}" for c, t in RUN_COLUMNS)
+            con.execute(f"CREATE OR REPLACE VIEW runs AS SELECT {empty} WHERE false")
 
     def refresh(self) -> Path | str:
         """(Re)create a local warehouse's catalog of views over the files now on disk. Object storage has
