@@ -30,6 +30,14 @@ def test_full_finetune_lowers_loss_then_resumes_and_generates(wh_dir, tmp_path):
     assert result["global_step"] == 4 and result["examples"] == 12
     assert result["losses"][-1] < result["losses"][0]
     assert (out / "checkpoint-4").is_dir()
+    # the compute a method comparison reports: completion tokens in the loss × epochs (12 rows, 4 steps of 4 = 4/3)
+    from distill.trainers.sft import load_rows, sft_example, student
+    rows = load_rows(cfg)
+    _, tok = student(cfg)
+    per_epoch = sum(sum(x != -100 for x in sft_example(r, tok)["labels"][:128]) for r in rows)
+    answers = sum(len(tok(r["completion"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
+    assert per_epoch >= answers > 0 and result["epochs"] == pytest.approx(4 / 3, abs=1e-3)
+    assert result["loss_tokens"] == round(per_epoch * result["epochs"])
 
     resumed = train(TrainConfig(**{**cfg.__dict__, "max_steps": 6, "resume": True}))
     # the history of steps 1-4 came back from the checkpoint; only steps 5 and 6 were trained

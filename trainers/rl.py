@@ -394,5 +394,9 @@ def train_rl(cfg: RLConfig, base_dir: Path | None = None, command: str | None = 
                **{n: h.get(f"rewards/{n}/mean") for n in rollouts.names},
                "completion_length": h.get("completions/mean_length")}
               for h in trainer.state.log_history if "reward" in h]
+    # the policy's own sampling, every step's completions: the tokens GRPO trained on (loss_tokens of SFT's count)
+    (tokens,), = wh.query("SELECT coalesce(sum(completion_tokens), 0) FROM traces WHERE run_id = ? AND kind = 'rollout'",
+                          [run])[1]
     return {"run_id": run, "output_dir": cfg.output_dir, "global_step": trainer.state.global_step,
-            "resumed_from": start, "rewards": logged, "problems": len(problems), "warehouse": str(wh.root)}
+            "resumed_from": start, "rewards": logged, "problems": len(problems), "warehouse": str(wh.root),
+            "rollout_tokens": int(tokens)}

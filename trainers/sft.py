@@ -222,16 +222,24 @@ def lora_config(cfg: TrainConfig):
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def fit(trainer, cfg: TrainConfig, tokenizer, examples: int) -> dict:
+def fit(trainer, cfg: TrainConfig, tokenizer, examples: int, tokens_per_epoch: int | None = None) -> dict:
     """Train (from the latest checkpoint when `resume`), save the model and tokenizer; {output_dir, global_step,
-    losses, examples}."""
+    losses, examples, loss_tokens}: loss_tokens is the completion tokens in the loss (`tokens_per_epoch`) times
+    the epochs trained, the training compute a method comparison reports (None when unknown)."""
     has_checkpoint = any(Path(cfg.output_dir).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if cfg.resume and has_checkpoint else None)
     trainer.save_model(cfg.output_dir)
     tokenizer.save_pretrained(cfg.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    epochs = round(trainer.state.epoch or 0.0, 3)
     return {"output_dir": cfg.output_dir, "global_step": trainer.state.global_step, "losses": losses,
-            "examples": examples}
+            "examples": examples, "epochs": epochs,
+            "loss_tokens": None if tokens_per_epoch is None else round(tokens_per_epoch * epochs)}
+
+
+def completion_tokens(tokenizer, messages_lists) -> int:
+    """Tokens of the last (assistant) message of each message list: what a preference loss is computed on."""
+    return sum(len(tokenizer(m[-1]["content"], add_special_tokens=False)["input_ids"]) for m in messages_lists)
 
 
 def teacher_for(cfg: TrainConfig, tokenizer, student_path: str):
@@ -281,6 +289,7 @@ def train(cfg: TrainConfig) -> dict:
         args = trainer_args(cfg, DPOConfig, beta=cfg.dpo_beta, max_length=cfg.max_length)
         trainer = DPOTrainer(model=model_path, args=args, train_dataset=ds, processing_class=tokenizer,
                              peft_config=lora_config(cfg))
+        tokens = completion_tokens(tokenizer, ds["chosen"]) + completion_tokens(tokenizer, ds["rejected"])
     elif cfg.method == "distill":
         from trl import DistillationConfig, DistillationTrainer
 
@@ -290,12 +299,15 @@ def train(cfg: TrainConfig) -> dict:
                             max_completion_length=cfg.max_completion_length)
         trainer = DistillationTrainer(model=model_path, teacher_model=teacher, args=args, train_dataset=ds,
                                       processing_class=tokenizer, peft_config=lora_config(cfg))
+        tokens = None  # the student writes its completions during training
     else:
         from trl import SFTConfig, SFTTrainer
 
         masked = cfg.journey_loss == "masked"
         ds = ds.map(sft_example, fn_kwargs={"tokenizer": tokenizer, "masked": masked}, remove_columns=ds.column_names)
+        # labels past max_length are cut off by the trainer: not in the loss
+        tokens = sum(sum(1 for x in labels[:cfg.max_length] if x != -100) for labels in ds["labels"])
         args = trainer_args(cfg, SFTConfig, max_length=cfg.max_length, packing=cfg.packing)
         trainer = SFTTrainer(model=model_path, args=args, train_dataset=ds, processing_class=tokenizer,
                              peft_config=lora_config(cfg))
-    return fit(trainer, cfg, tokenizer, len(ds))
+    return fit(trainer, cfg, tokenizer, len(ds), tokens)
