@@ -113,8 +113,9 @@ def train_task(settings: dict) -> dict:
     marker = out / "distill-train.json"
     if marker.exists() and json.loads(marker.read_text()).get("key") == key:
         return {**json.loads(marker.read_text()), "resumed": True}
+    t0 = time.time()
     result = train(TrainConfig.build(settings))
-    record = {**result, "key": key}
+    record = {**result, "key": key, "wall": round(time.time() - t0, 1)}  # a resumed student reports its own
     marker.write_text(json.dumps(record, indent=1))
     return record
 
