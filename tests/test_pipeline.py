@@ -16,8 +16,11 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
         "generate_set": {"name": "tiny", "dataset_options": {"count": 8, "digits": [1, 2], "seed": 0}, "n": 4,
                          "backend": "transformers", "warehouse": str(tmp_path / "wh")},
         "journey": "template", "train": {"max_steps": 3, "per_device_train_batch_size": 4, "save_steps": 2},
+        # a tiny version of every kind of arm: inference-time scaling, SFT, DPO, RL from base and after SFT
+        "arms": ["base", "few-shot", "shortcut", "mixed", "dpo", "grpo", "grpo-shortcut"], "few_shot_n": 2,
+        "dpo": {"max_steps": 2}, "rl": {"max_steps": 2, "max_completion_length": 16, "save_steps": 1},
         # one-digit sums: only 100 exist, so some eval problems may repeat generation ones and must be removed
-        "eval_options": {"count": 30, "digits": [1], "seed": 1}, "eval_n": 2, "eval_max_tokens": 32,
+        "eval_options": {"count": 12, "digits": [1], "seed": 1}, "eval_n": 2, "eval_max_tokens": 24,
         "eval_backend": "transformers", "out_dir": str(tmp_path / "out"),
     }
     path = tmp_path / "pipeline.yaml"
@@ -25,8 +28,8 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
     proc = run_cli("pipeline", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["label"] for r in s["results"]] == ["base", "shortcut", "mixed"]
-    assert "| shortcut |" in proc.stdout and "| mixed |" in proc.stdout and "pass@1" in proc.stdout
+    assert [r["label"] for r in s["results"]] == recipe["arms"]
+    assert all(f"| {a} |" in proc.stdout for a in recipe["arms"]) and "pass@1" in proc.stdout
 
     wh = Warehouse(tmp_path / "wh")
     trained_on = {r[0] for r in wh.query("select distinct prompt[len(prompt)].content from traces "
@@ -35,19 +38,46 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
 
     asked = load_problems("builtin:addition", options=recipe["eval_options"])
     held = [p for p in asked if p.question not in trained_on]
-    assert s["heldout"]["problems"] == len(held) and s["heldout"]["removed_as_seen"] == 30 - len(held)
+    assert s["heldout"]["problems"] == len(held) and s["heldout"]["removed_as_seen"] == 12 - len(held)
     # every result is over the same held-out problems, and stored in the evals view
     assert {r["problems"] for r in s["results"]} == {len(held)}
-    assert wh.query("select count(*) from evals")[1] == [(3,)]
+    assert wh.query("select count(*) from evals")[1] == [(7,)]
     # the students were trained on what the run kept: shortcut rows = kept samples, mixed = those and the journeys
     kept = wh.query("select count(*) from traces where run_id = ? and kind = 'sample' and kept", [s["run_id"]])[1][0][0]
     journeys = wh.query("select count(*) from traces where run_id = ? and kind = 'journey' and kept",
                         [s["run_id"]])[1][0][0]
-    assert s["examples"] == {"shortcut": kept, "mixed": kept + journeys} and journeys > 0
+    assert (s["examples"]["shortcut"], s["examples"]["mixed"]) == (kept, kept + journeys) and journeys > 0
     assert all(s["training"][v]["global_step"] == 3 for v in ("shortcut", "mixed"))
     for r in s["results"][1:]:
         lo, hi = r["gain_ci"]
         assert lo <= r["gain"] <= hi
+    few = s["results"][1]
+    assert few["n"] == few["k"] == 2 and few["model"] == "smollm2-135m"
+
+    # DPO trained on the run's pairs: each a right and a wrong sample of one problem
+    pairs = wh.query("select problem_id from traces where run_id = ? and kind = 'sample' group by problem_id "
+                     "having bool_or(kept and correct) and bool_or(correct = false)", [s["run_id"]])[1]
+    assert s["examples"]["dpo"] == len(pairs) > 0 and s["training"]["dpo"]["global_step"] == 2
+    # GRPO: rollouts of each arm's run in the warehouse, 2 steps × 8, on the run's problems
+    rollouts = {}
+    for arm in ("grpo", "grpo-shortcut"):
+        rl_run = s["training"][arm]["run_id"]
+        (steps, rows, tokens), = wh.query("select count(distinct scores['step']), count(*), sum(completion_tokens) "
+                                          "from traces where run_id = ? and kind = 'rollout'", [rl_run])[1]
+        assert (steps, rows) == (2, 16) and s["training"][arm]["global_step"] == 2
+        rollouts[arm] = tokens
+    # compute: teacher tokens of the data behind each arm, training tokens in the loss, none for base
+    c, g = s["compute"], s["generation"]
+    journey_tokens = sum(j["completion_tokens"] for j in s["journeys"].values())
+    assert c["base"] == {"teacher_tokens": 0, "training_tokens": 0, "wall": 0.0}
+    assert c["few-shot"]["teacher_tokens"] == few["completion_tokens"] > 0 and c["few-shot"]["training_tokens"] == 0
+    assert c["shortcut"]["teacher_tokens"] == c["dpo"]["teacher_tokens"] == g["completion_tokens"] > 0
+    assert c["mixed"]["teacher_tokens"] == g["completion_tokens"] + journey_tokens
+    assert c["shortcut"]["training_tokens"] == s["training"]["shortcut"]["loss_tokens"] > 0
+    assert c["grpo"] == {"teacher_tokens": 0, "training_tokens": rollouts["grpo"], "wall": c["grpo"]["wall"]}
+    assert c["grpo-shortcut"]["training_tokens"] == rollouts["grpo-shortcut"] + c["shortcut"]["training_tokens"]
+    assert c["grpo-shortcut"]["teacher_tokens"] == g["completion_tokens"]
+    assert all(v["wall"] is not None and v["wall"] >= 0 for v in c.values())
 
     # a rerun does not generate or train again
     again = run_cli("pipeline", str(path))
@@ -55,10 +85,10 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
     s2 = json.loads((tmp_path / "out" / "results.json").read_text())
     run = wh.read_run(s["run_id"])
     assert s2["run_id"] == s["run_id"] and run["shards_resumed"] == run["shards"]
-    assert s2["timings"]["train_shortcut"] < 5 and s2["timings"]["train_mixed"] < 5
+    assert all(s2["timings"][f"train_{a}"] < 5 for a in recipe["arms"][2:])
     # nor evaluate again: the same weights on the same problems give the stored results
-    assert s2["results"] == s["results"] and s2["timings"]["evaluate"] < 5
-    assert wh.query("select count(*) from evals")[1] == [(3,)]
+    assert s2["results"] == s["results"] and s2["timings"]["evaluate"] < 5 and s2["compute"] == s["compute"]
+    assert wh.query("select count(*) from evals")[1] == [(7,)]
 
 
 def test_heldout_filter_removes_generation_problems_when_the_recipe_has_a_prompt_template(tmp_path, make_trace):

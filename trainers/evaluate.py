@@ -52,6 +52,7 @@ class EvalResult:
     strict_pass_at_1: float  # correct and the answer in \boxed{}: FACTS.md's strict check
     strict_pass_at_1_ci: tuple[float, float]
     per_problem: list[dict]
+    completion_tokens: int | None = None  # every sample's, summed: the answers' inference compute
 
 
 def majority(votes: list[tuple[str | None, bool | None]]) -> bool | None:
@@ -171,7 +172,7 @@ def evaluate(model: str, benchmark: str, problems: list[Problem], *, n: int = 4,
                           max_tokens=max_tokens, seed=seed, system_prompt=system_prompt, few_shot=few_shot,
                           prompt_template=prompt_template)
     return EvalResult(eval_id, model, benchmark, len(problems), n, k, p1, p1_ci, mk, mk_ci, boxed, strict, strict_ci,
-                      per_problem)
+                      per_problem, sum(s.completion_tokens or 0 for samples in outs for s in samples))
 
 
 def save(result: EvalResult, root: str | Path, extra: dict | None = None) -> Path | str:
