@@ -627,7 +627,7 @@ def pipeline(
     recipe: Path = typer.Argument(..., help="Pipeline recipe YAML, e.g. recipes/pipeline-default.yaml."),
     set_: list[str] = typer.Option([], "--set", help="Override a pipeline key: --set eval_n=8 (repeatable)."),
 ):
-    """Generate → journeys → export → train students → evaluate base vs students on held-out problems."""
+    """Generate → export → train the arms (SFT, DPO, GRPO) → evaluate them, base and few-shot on held-out problems."""
     from distill.flows.pipeline import run_pipeline
     from distill.config import parse_set
 
