@@ -18,7 +18,8 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
         "journey": "template", "train": {"max_steps": 3, "per_device_train_batch_size": 4, "save_steps": 2},
         # a tiny version of every kind of arm: inference-time scaling, SFT, DPO, RL from base and after SFT
         "arms": ["base", "few-shot", "shortcut", "mixed", "dpo", "grpo", "grpo-shortcut"], "few_shot_n": 2,
-        "dpo": {"max_steps": 2}, "rl": {"max_steps": 2, "max_completion_length": 16, "save_steps": 1},
+        "dpo": {"max_steps": 2}, "rl": {"max_steps": 2, "max_completion_length": 16, "save_steps": 1, "num_generations": 2,
+               "per_device_train_batch_size": 4},
         # one-digit sums: only 100 exist, so some eval problems may repeat generation ones and must be removed
         "eval_options": {"count": 12, "digits": [1], "seed": 1}, "eval_n": 2, "eval_max_tokens": 24,
         "eval_backend": "transformers", "out_dir": str(tmp_path / "out"),
@@ -58,13 +59,13 @@ def test_tiny_pipeline_compares_base_and_students_on_problems_none_trained_on(tm
     pairs = wh.query("select problem_id from traces where run_id = ? and kind = 'sample' group by problem_id "
                      "having bool_or(kept and correct) and bool_or(correct = false)", [s["run_id"]])[1]
     assert s["examples"]["dpo"] == len(pairs) > 0 and s["training"]["dpo"]["global_step"] == 2
-    # GRPO: rollouts of each arm's run in the warehouse, 2 steps × 8, on the run's problems
+    # GRPO: rollouts of each arm's run in the warehouse, 2 steps × 4, on the run's problems
     rollouts = {}
     for arm in ("grpo", "grpo-shortcut"):
         rl_run = s["training"][arm]["run_id"]
         (steps, rows, tokens), = wh.query("select count(distinct scores['step']), count(*), sum(completion_tokens) "
                                           "from traces where run_id = ? and kind = 'rollout'", [rl_run])[1]
-        assert (steps, rows) == (2, 16) and s["training"][arm]["global_step"] == 2
+        assert (steps, rows) == (2, 8) and s["training"][arm]["global_step"] == 2
         rollouts[arm] = tokens
     # compute: teacher tokens of the data behind each arm, training tokens in the loss, none for base
     c, g = s["compute"], s["generation"]
