@@ -158,17 +158,25 @@ def train_task(settings: dict, start: str | None = None) -> dict:
     (`start`: the weights_key of a student it starts from)."""
     from distill.trainers.sft import TrainConfig, train
 
-    out = Path(settings["output_dir"])
     data_hash = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(settings["data"]).glob("data/*.parquet"))))
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + data_hash.digest()
                          + (start or "").encode()).hexdigest()[:16]
-    marker = out / "distill-train.json"
-    if marker.exists() and json.loads(marker.read_text()).get("key") == key:
-        return {**json.loads(marker.read_text()), "resumed": True}
+    return _once(Path(settings["output_dir"]) / "distill-train.json", key, lambda: train(TrainConfig.build(settings)))
+
+
+def _once(marker: Path, key: str, work, stale=None) -> dict:
+    """The record `marker` holds when it was written for `key` (marked resumed); else `stale(marker)` when a record
+    of another key is there, then `work()`, its result recorded with the key and its wall seconds (so a
+    resumed arm reports its own)."""
+    if marker.exists():
+        record = json.loads(marker.read_text())
+        if record.get("key") == key:
+            return {**record, "resumed": True}
+        if stale is not None:
+            stale(marker)
     t0 = time.time()
-    result = train(TrainConfig.build(settings))
-    record = {**result, "key": key, "wall": round(time.time() - t0, 1)}  # a resumed student reports its own
-    marker.write_text(json.dumps(record, indent=1))
+    record = {**work(), "key": key, "wall": round(time.time() - t0, 1)}
+    marker.write_text(json.dumps(record, indent=1, default=str))
     return record
 
 
@@ -178,20 +186,16 @@ def rl_task(settings: dict, base_dir: Path, start: str | None = None) -> dict:
     stopped midway resumes from its last checkpoint (its rollouts of later steps are redone)."""
     from distill.trainers.rl import RLConfig, train_rl
 
-    out = Path(settings["output_dir"])
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode() + (start or "").encode()).hexdigest()[:16]
-    marker = out / "distill-rl.json"
-    if marker.exists():
-        if json.loads(marker.read_text()).get("key") == key:
-            return {**json.loads(marker.read_text()), "resumed": True}
-        for old in out.glob("checkpoint-*"):  # another start or other settings: not a run to continue
+
+    def start_over(marker: Path) -> None:  # another start or other settings: not a run to continue
+        for old in marker.parent.glob("checkpoint-*"):
             shutil.rmtree(old)
         marker.unlink()
-    t0 = time.time()
-    result = train_rl(RLConfig.build({**settings, "resume": True}), base_dir, "distill pipeline (rl)")
-    record = {**result, "key": key, "wall": round(time.time() - t0, 1)}
-    marker.write_text(json.dumps(record, indent=1, default=str))
-    return record
+
+    return _once(Path(settings["output_dir"]) / "distill-rl.json", key,
+                 lambda: train_rl(RLConfig.build({**settings, "resume": True}), base_dir, "distill pipeline (rl)"),
+                 start_over)
 
 
 def weights_key(model: str) -> str:
@@ -323,7 +327,6 @@ def pipeline(cfg: PipelineConfig, base_dir: Path, command: str | None = None) ->
                     "output_dir": str(out / "students" / a), "warehouse": recipe.execution.warehouse}
         trained[a] = rl_task(settings, gen_path.parent, weights_key(model) if a == "grpo-shortcut" else None)
         timings[f"train_{a}"] = time.time() - t0
-    release_teachers()
 
     # 4. evaluate on held-out problems: every model zero-shot, the few-shot teacher with its own prompt
     t0 = time.time()
